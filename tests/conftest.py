@@ -1,0 +1,52 @@
+"""Shared fixtures: every test gets its own temporary tracking store and experiment name."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch):
+    """No test inherits a run id, notebook path or store from the shell that started pytest."""
+    for var in ("WORKBENCH_RUN_ID", "WORKBENCH_NOTEBOOK", "WORKBENCH_PARAMS_FILE", "WORKBENCH_ARTIFACT_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run("KILLED")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    """A fresh embedded store in a temporary folder, set as MLFLOW_TRACKING_URI."""
+    import mlflow
+
+    from workbench import store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    mlflow.set_tracking_uri(uri)  # the fluent API may hold an earlier test's store
+    mlflow.set_registry_uri(uri)
+    yield uri
+    store._prepared.discard(uri)
+
+
+@pytest.fixture
+def experiment_name(request) -> str:
+    """A unique experiment name for this test."""
+    return f"test-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def ci() -> bool:
+    """True under CI, where a missing service is a failure rather than a skip."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -50,3 +50,14 @@ def experiment_name(request) -> str:
 def ci() -> bool:
     """True under CI, where a missing service is a failure rather than a skip."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config):
+    """Point the whole session (nbval kernels included) at a throwaway store, so no test
+    writes to the project's own mlflow.db; tests that need their own use `tracking_uri`."""
+    import tempfile
+
+    if not os.environ.get("WORKBENCH_TEST_KEEP_URI"):
+        session_dir = Path(tempfile.mkdtemp(prefix="wb-test-store-"))
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{session_dir / 'mlflow.db'}"
+        os.environ["MPLBACKEND"] = "Agg"

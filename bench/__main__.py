@@ -65,13 +65,15 @@ def main(argv: list[str]) -> int:
         try:
             results[name] = importlib.import_module(f"bench.{name}").run()
             for r in results[name]:
-                print(f"   {r.benchmark}: ours {r.ours:.3g}{r.unit}, baseline {r.baseline:.3g}{r.unit}, {r.ratio:.1f}x ({r.target}: {'met' if r.passed else 'NOT met'})")
-        except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others
+                print(
+                    f"   {r.benchmark}: ours {r.ours:.3g}{r.unit}, baseline {r.baseline:.3g}{r.unit}, {r.ratio:.1f}x ({r.target}: {'met' if r.passed else 'NOT met'})"
+                )
+        except Exception:
             results[name] = traceback.format_exc()
             print(results[name], file=sys.stderr)
     out = ROOT / "BENCHMARKS.md"
     if argv and out.exists():
-        print(f"ran a subset: BENCHMARKS.md left as it was; rows above")
+        print("ran a subset: BENCHMARKS.md left as it was; rows above")
         return 0
     out.write_text(render(results))
     print(f"wrote {out}")

@@ -14,7 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):
     """No test inherits a run id, notebook path or store from the shell that started pytest."""
-    for var in ("WORKBENCH_RUN_ID", "WORKBENCH_NOTEBOOK", "WORKBENCH_PARAMS_FILE", "WORKBENCH_ARTIFACT_ROOT"):
+    for var in (
+        "WORKBENCH_RUN_ID",
+        "WORKBENCH_NOTEBOOK",
+        "WORKBENCH_PARAMS_FILE",
+        "WORKBENCH_ARTIFACT_ROOT",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     yield

@@ -15,7 +15,9 @@ def test_env_wins_and_artifacts_sit_beside_the_database(tmp_path, monkeypatch):
 def test_pyproject_table_resolved_against_project_not_cwd(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(config.PROJECT_ENV, raising=False)
-    (tmp_path / "pyproject.toml").write_text('[tool.workbench]\ntracking_uri = "sqlite:///store/db.sqlite"\nartifact_root = "arts"\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.workbench]\ntracking_uri = "sqlite:///store/db.sqlite"\nartifact_root = "arts"\n'
+    )
     nested = tmp_path / "notebooks" / "deep"
     nested.mkdir(parents=True)
     monkeypatch.chdir(nested)
@@ -48,6 +50,8 @@ def test_import_has_no_side_effects(tmp_path):
     import sys
 
     code = "import sys, workbench, workbench.config; print('mlflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"
     assert list(Path(tmp_path).iterdir()) == []

@@ -10,7 +10,9 @@ def test_churn_is_deterministic_realistic_and_learnable():
     assert fingerprint(a) == fingerprint(b) != fingerprint(make_churn(3000, seed=8))
     assert 0.2 <= a["churn"].mean() <= 0.3
     assert a.isna().any().any(), "real tables have missing values"
-    assert {"contract", "payment_method", "internet_service"} <= set(a.select_dtypes(exclude="number").columns)
+    assert {"contract", "payment_method", "internet_service"} <= set(
+        a.select_dtypes(exclude="number").columns
+    )
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -18,7 +20,9 @@ def test_churn_is_deterministic_realistic_and_learnable():
     from workbench.data import make_pipeline
 
     split = load_dataset("churn", seed=7, n_rows=3000).split(seed=7)
-    pipe = make_pipeline(LogisticRegression(max_iter=500), split.X_train).fit(split.X_train, split.y_train)
+    pipe = make_pipeline(LogisticRegression(max_iter=500), split.X_train).fit(
+        split.X_train, split.y_train
+    )
     auc = roc_auc_score(split.y_val, pipe.predict_proba(split.X_val)[:, 1])
     assert 0.72 < auc < 0.95, "a real signal, with noise"
 
@@ -34,7 +38,9 @@ def test_split_is_stratified_and_disjoint():
 
 def test_csv_with_named_target_and_string_labels(tmp_path):
     path = tmp_path / "mine.csv"
-    pd.DataFrame({"x": range(10), "label": ["yes", "no"] * 4 + ["no", "no"]}).to_csv(path, index=False)
+    pd.DataFrame({"x": range(10), "label": ["yes", "no"] * 4 + ["no", "no"]}).to_csv(
+        path, index=False
+    )
     ds = load_dataset(path, target="label")
     assert set(ds.y.unique()) == {0, 1} and ds.y.sum() == 4  # the rarer class is positive
     assert ds.source == str(path.resolve())

@@ -29,7 +29,11 @@ def test_eight_processes_on_a_fresh_store(tracking_uri, experiment_name, tmp_pat
     script.write_text(WORKER)
     start_at = time.time() + 6  # imports take a few seconds on two cores
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(start_at), experiment_name, str(i)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), str(start_at), experiment_name, str(i)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(8)
     ]
     errors = [(p.wait(timeout=240), p.stderr.read()) for p in procs]

@@ -27,14 +27,21 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from workbench import runner
 
     return runner.run_command(
-        a.notebook, parameters=a.param, params_files=a.params_file, experiment=a.experiment, timeout=a.timeout, label=a.label
+        a.notebook,
+        parameters=a.param,
+        params_files=a.params_file,
+        experiment=a.experiment,
+        timeout=a.timeout,
+        label=a.label,
     )
 
 
 def _cmd_batch(a: argparse.Namespace) -> int:
     from workbench import runner
 
-    return runner.batch_command(a.paths, jobs=a.jobs, resume=a.resume, dry_run=a.dry_run, timeout=a.timeout)
+    return runner.batch_command(
+        a.paths, jobs=a.jobs, resume=a.resume, dry_run=a.dry_run, timeout=a.timeout
+    )
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
@@ -82,7 +89,9 @@ def _cmd_server(a: argparse.Namespace) -> int:
 def _cmd_search_worker(a: argparse.Namespace) -> int:
     from workbench import search
 
-    return search.worker_command(study=a.study, storage=a.storage, n_trials=a.trials, timeout=a.timeout)
+    return search.worker_command(
+        study=a.study, storage=a.storage, n_trials=a.trials, timeout=a.timeout
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,24 +105,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"workbench {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("doctor", help="check Python, packages, kernel, store and git; say what to fix")
+    s = sub.add_parser(
+        "doctor", help="check Python, packages, kernel, store and git; say what to fix"
+    )
     s.set_defaults(func=_cmd_doctor)
 
     s = sub.add_parser("run", help="execute one notebook headlessly as one MLflow run")
     s.add_argument("notebook")
-    s.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="set a parameter (repeatable)")
-    s.add_argument("-f", "--params-file", action="append", default=[], metavar="PARAMS.yaml", help="YAML mapping of parameters (repeatable)")
-    s.add_argument("--experiment", help="experiment name (default: the notebook's experiment_name parameter)")
-    s.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds a cell may run")
-    s.add_argument("--label", default=None, help="label for the report file name (default: derived)")
+    s.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (repeatable)",
+    )
+    s.add_argument(
+        "-f",
+        "--params-file",
+        action="append",
+        default=[],
+        metavar="PARAMS.yaml",
+        help="YAML mapping of parameters (repeatable)",
+    )
+    s.add_argument(
+        "--experiment", help="experiment name (default: the notebook's experiment_name parameter)"
+    )
+    s.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="seconds a cell may run"
+    )
+    s.add_argument(
+        "--label", default=None, help="label for the report file name (default: derived)"
+    )
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("batch", help="run batch files (notebook + parameter grid) in parallel")
     s.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     s.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="kernels in parallel")
-    s.add_argument("--resume", action="store_true", help="skip parameter sets that already FINISHED")
+    s.add_argument(
+        "--resume", action="store_true", help="skip parameter sets that already FINISHED"
+    )
     s.add_argument("--dry-run", action="store_true", help="list the expanded jobs, run nothing")
-    s.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds a cell may run")
+    s.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="seconds a cell may run"
+    )
     s.set_defaults(func=_cmd_batch)
 
     s = sub.add_parser("report", help="(re)build runs_reports/index.html and index.md")
@@ -134,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model_uri", metavar="MODEL_URI")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--refresh-interval", type=float, default=30.0, metavar="S", help="how often an alias is re-resolved")
+    s.add_argument(
+        "--refresh-interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how often an alias is re-resolved",
+    )
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("server", help="team mode: an mlflow server on PostgreSQL")
@@ -143,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--artifacts-destination", metavar="PATH")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)
-    s.add_argument("--auth", action="store_true", help="enable MLflow's basic-auth app (password from $MLFLOW_AUTH_ADMIN_PASSWORD or a prompt)")
+    s.add_argument(
+        "--auth",
+        action="store_true",
+        help="enable MLflow's basic-auth app (password from $MLFLOW_AUTH_ADMIN_PASSWORD or a prompt)",
+    )
     s.set_defaults(func=_cmd_server)
 
     s = sub.add_parser("search-worker", help="join an Optuna study as one more worker")

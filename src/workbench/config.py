@@ -107,7 +107,9 @@ def get_settings(start: Path | None = None) -> Settings:
     if not uri.startswith(("http://", "https://", "databricks")):
         # A store named by the environment keeps its artifacts beside it, so a temporary
         # store (tests, CI) is wholly temporary; the pyproject setting is for the project's own.
-        raw = os.environ.get(ARTIFACT_ENV) or (table.get("artifact_root") if source != "env" else None)
+        raw = os.environ.get(ARTIFACT_ENV) or (
+            table.get("artifact_root") if source != "env" else None
+        )
         if raw:
             artifact_root = (project / Path(raw).expanduser()).resolve()
         elif (db := sqlite_path(uri)) is not None:

@@ -46,7 +46,11 @@ class Split:
     y_test: pd.Series
 
     def sizes(self) -> dict[str, int]:
-        return {"train_size": len(self.y_train), "val_size": len(self.y_val), "test_size": len(self.y_test)}
+        return {
+            "train_size": len(self.y_train),
+            "val_size": len(self.y_val),
+            "test_size": len(self.y_test),
+        }
 
 
 @dataclass(frozen=True)
@@ -111,16 +115,22 @@ def fingerprint(frame: pd.DataFrame) -> str:
 def make_churn(n_rows: int = 5000, seed: int = 0) -> pd.DataFrame:
     """Generate the synthetic telco churn table (deterministic for a given seed)."""
     if n_rows < 50:
-        raise DataError(f"n_rows={n_rows} is too small for train/validation/test splits; use at least 50")
+        raise DataError(
+            f"n_rows={n_rows} is too small for train/validation/test splits; use at least 50"
+        )
     rng = np.random.default_rng(seed)
     n = n_rows
     tenure = rng.integers(0, 73, n)
     contract = rng.choice(["Month-to-month", "One year", "Two year"], n, p=[0.55, 0.25, 0.20])
     internet = rng.choice(["DSL", "Fiber optic", "No"], n, p=[0.35, 0.45, 0.20])
     payment = rng.choice(
-        ["Electronic check", "Mailed check", "Bank transfer", "Credit card"], n, p=[0.35, 0.2, 0.22, 0.23]
+        ["Electronic check", "Mailed check", "Bank transfer", "Credit card"],
+        n,
+        p=[0.35, 0.2, 0.22, 0.23],
     )
-    tech_support = np.where(internet == "No", "No internet", rng.choice(["Yes", "No"], n, p=[0.4, 0.6]))
+    tech_support = np.where(
+        internet == "No", "No internet", rng.choice(["Yes", "No"], n, p=[0.4, 0.6])
+    )
     senior = (rng.random(n) < 0.16).astype(int)
     paperless = rng.choice(["Yes", "No"], n, p=[0.6, 0.4])
     base_charge = {"DSL": 55.0, "Fiber optic": 85.0, "No": 22.0}
@@ -175,12 +185,19 @@ def load_dataset(
         if target not in (None, "", CHURN_TARGET):
             raise DataError(f"the churn dataset's target is {CHURN_TARGET!r}, not {target!r}")
         frame = make_churn(n_rows=n_rows, seed=seed)
-        return _checked(frame, CHURN_TARGET, name=f"churn-synthetic-{n_rows}-seed{seed}", source="workbench.data.make_churn")
+        return _checked(
+            frame,
+            CHURN_TARGET,
+            name=f"churn-synthetic-{n_rows}-seed{seed}",
+            source="workbench.data.make_churn",
+        )
     path = Path(dataset).expanduser()
     if path.suffix.lower() not in (".csv", ".gz", ".txt") and not path.exists():
         raise DataError(f"dataset {str(dataset)!r} is neither 'churn' nor a CSV file path")
     if not path.is_file():
-        raise DataError(f"dataset file not found: {path}\nfix: pass dataset='churn' or the path of an existing CSV file")
+        raise DataError(
+            f"dataset file not found: {path}\nfix: pass dataset='churn' or the path of an existing CSV file"
+        )
     if not target:
         raise DataError(f"dataset {path.name} needs a target column: pass target='<column name>'")
     try:
@@ -202,7 +219,9 @@ def _checked(frame: pd.DataFrame, target: str, *, name: str, source: str) -> Dat
         )
     y = frame[target]
     if y.isna().any():
-        raise DataError(f"target column {target!r} has {int(y.isna().sum())} missing values; drop or fill those rows")
+        raise DataError(
+            f"target column {target!r} has {int(y.isna().sum())} missing values; drop or fill those rows"
+        )
     values = sorted(pd.unique(y).tolist(), key=str)
     if len(values) != 2:
         raise DataError(
@@ -230,7 +249,13 @@ def make_preprocessor(X: pd.DataFrame):
     categorical = [c for c in X.columns if c not in numeric]
     return ColumnTransformer(
         [
-            ("num", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric),
+            (
+                "num",
+                Pipeline(
+                    [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+                ),
+                numeric,
+            ),
             (
                 "cat",
                 Pipeline(
@@ -261,10 +286,15 @@ def log_input(ds: Dataset, context: str = "training") -> None:
 
     generated = ds.source.startswith("workbench.")
     with warnings.catch_warnings():
-        # MLflow registers the local-file source twice and warns that a path is ambiguous.
+        # MLflow registers the local-file source twice and warns that a path is ambiguous, and
+        # hints about integer columns in a schema that only describes the data here.
         warnings.simplefilter("ignore", UserWarning)
         mlflow_ds = mlflow.data.from_pandas(
-            ds.frame, source=None if generated else ds.source, targets=ds.target, name=ds.name, digest=ds.fingerprint
+            ds.frame,
+            source=None if generated else ds.source,
+            targets=ds.target,
+            name=ds.name,
+            digest=ds.fingerprint,
         )
-    mlflow.log_input(mlflow_ds, context=context)
+        mlflow.log_input(mlflow_ds, context=context)
     mlflow.set_tag("workbench.dataset.fingerprint", ds.fingerprint)

@@ -10,7 +10,19 @@ from dataclasses import dataclass
 
 from workbench.config import get_settings
 
-PACKAGES = ("mlflow", "optuna", "papermill", "nbclient", "ipykernel", "ipywidgets", "jupyterlab", "scikit-learn", "skops", "xgboost", "pandas")
+PACKAGES = (
+    "mlflow",
+    "optuna",
+    "papermill",
+    "nbclient",
+    "ipykernel",
+    "ipywidgets",
+    "jupyterlab",
+    "scikit-learn",
+    "skops",
+    "xgboost",
+    "pandas",
+)
 
 
 @dataclass
@@ -24,7 +36,12 @@ class Check:
 def check_python() -> Check:
     v = sys.version_info
     ok = v >= (3, 11)
-    return Check("python", ok, f"{v.major}.{v.minor}.{v.micro} at {sys.executable}", "" if ok else "install Python 3.11 or newer, then `make demo`")
+    return Check(
+        "python",
+        ok,
+        f"{v.major}.{v.minor}.{v.micro} at {sys.executable}",
+        "" if ok else "install Python 3.11 or newer, then `make demo`",
+    )
 
 
 def check_packages() -> list[Check]:
@@ -33,7 +50,14 @@ def check_packages() -> list[Check]:
         try:
             checks.append(Check(name, True, md.version(name)))
         except md.PackageNotFoundError:
-            checks.append(Check(name, False, "not installed", "run `make demo` (or `pip install -e .`) in the project folder"))
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    "not installed",
+                    "run `make demo` (or `pip install -e .`) in the project folder",
+                )
+            )
     return checks
 
 
@@ -42,11 +66,18 @@ def check_kernel() -> Check:
         from jupyter_client.kernelspec import KernelSpecManager
 
         specs = KernelSpecManager().find_kernel_specs()
-    except Exception as exc:  # noqa: BLE001
-        return Check("jupyter kernel", False, f"cannot list kernels: {exc}", "pip install ipykernel")
+    except Exception as exc:
+        return Check(
+            "jupyter kernel", False, f"cannot list kernels: {exc}", "pip install ipykernel"
+        )
     if "python3" in specs:
         return Check("jupyter kernel", True, f"python3 at {specs['python3']}")
-    return Check("jupyter kernel", False, "no python3 kernel", f"{sys.executable} -m ipykernel install --sys-prefix")
+    return Check(
+        "jupyter kernel",
+        False,
+        "no python3 kernel",
+        f"{sys.executable} -m ipykernel install --sys-prefix",
+    )
 
 
 def check_store() -> Check:
@@ -57,15 +88,31 @@ def check_store() -> Check:
     try:
         client = store.connect(settings, activate=False)
         n = len(client.search_experiments(max_results=1000))
-    except Exception as exc:  # noqa: BLE001
-        return Check("tracking store", False, f"{detail}: {str(exc).splitlines()[0]}", "check MLFLOW_TRACKING_URI, or unset it to use the embedded store")
-    return Check("tracking store", True, f"{detail}, {n} experiment(s), artifacts in {settings.artifact_root or 'the server'}")
+    except Exception as exc:
+        return Check(
+            "tracking store",
+            False,
+            f"{detail}: {str(exc).splitlines()[0]}",
+            "check MLFLOW_TRACKING_URI, or unset it to use the embedded store",
+        )
+    return Check(
+        "tracking store",
+        True,
+        f"{detail}, {n} experiment(s), artifacts in {settings.artifact_root or 'the server'}",
+    )
 
 
 def check_git() -> Check:
     if shutil.which("git") is None:
-        return Check("git", False, "git not found", "install git so runs record the commit they came from")
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=get_settings().project_dir, capture_output=True, text=True)
+        return Check(
+            "git", False, "git not found", "install git so runs record the commit they came from"
+        )
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=get_settings().project_dir,
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         return Check("git", True, "not a git repository: runs will carry no commit tag", "")
     return Check("git", True, f"commit {out.stdout.strip()}")

@@ -47,7 +47,9 @@ def feature_importance(model, feature_names: list[str] | None = None) -> pd.Data
         return None
     if feature_names is None:
         try:
-            feature_names = list(model[:-1].get_feature_names_out()) if hasattr(model, "steps") else None
+            feature_names = (
+                list(model[:-1].get_feature_names_out()) if hasattr(model, "steps") else None
+            )
         except (AttributeError, ValueError):
             feature_names = None
     if feature_names is None or len(feature_names) != len(values):
@@ -67,8 +69,16 @@ def _figures(y_true, y_pred, y_prob, title: str):
     fig_cm, ax = plt.subplots(figsize=(3.6, 3.2), dpi=90)
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="actual", title=f"Confusion matrix{title}")
+        ax.text(
+            j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black"
+        )
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xlabel="predicted",
+        ylabel="actual",
+        title=f"Confusion matrix{title}",
+    )
     fig_cm.tight_layout()
 
     fpr, tpr, _ = m.roc_curve(y_true, y_prob)
@@ -76,7 +86,11 @@ def _figures(y_true, y_pred, y_prob, title: str):
     fig_curves, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.2, 3.2), dpi=90)
     ax1.plot(fpr, tpr, lw=1.5)
     ax1.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
-    ax1.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC (AUC {m.auc(fpr, tpr):.3f})")
+    ax1.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"ROC (AUC {m.auc(fpr, tpr):.3f})",
+    )
     ax2.plot(rec, prec, lw=1.5)
     ax2.axhline(float(np.mean(y_true)), ls="--", lw=0.8, color="grey")
     ax2.set(xlabel="recall", ylabel="precision", title="Precision-recall")
@@ -119,9 +133,52 @@ def evaluate_classifier(
         mlflow.log_figure(fig_curves, f"{folder}/roc_pr_curves.png")
         plt.close(fig_cm)
         plt.close(fig_curves)
-        report = classification_report(y_true, y_pred, target_names=["negative (0)", "positive (1)"], digits=4, zero_division=0)
+        report = classification_report(
+            y_true, y_pred, target_names=["negative (0)", "positive (1)"], digits=4, zero_division=0
+        )
         mlflow.log_text(report, f"{folder}/classification_report.txt")
         table = feature_importance(model)
         if table is not None:
             mlflow.log_text(table.to_csv(index=False), f"{folder}/feature_importance.csv")
     return metrics
+
+
+def log_learning_curves(model, X_train, y_train, X_val, y_val, *, every: int = 1) -> pd.DataFrame:
+    """Log train/validation accuracy and log-loss after each boosting stage as step metrics
+    named ``learning/<metric>`` (the MLflow UI groups them; final metrics keep plain names).
+
+    Works for pipelines ending in an estimator with ``staged_predict_proba`` (gradient
+    boosting). The preprocessing runs once, and the points go out through a buffered
+    ``StepLogger`` (one ``log_batch`` per 1,000 values instead of a request per step).
+    Returns the curves as a DataFrame indexed by step.
+    """
+    from sklearn.metrics import log_loss
+
+    from workbench.tracking import StepLogger
+
+    head, estimator = (model[:-1], model[-1]) if hasattr(model, "steps") else (None, model)
+    if not hasattr(estimator, "staged_predict_proba"):
+        raise TypeError(
+            f"{type(estimator).__name__} has no staged_predict_proba: learning curves need a boosting model"
+        )
+    Xt, Xv = (
+        (head.transform(X_train), head.transform(X_val)) if head is not None else (X_train, X_val)
+    )
+    yt, yv = np.asarray(y_train).astype(int), np.asarray(y_val).astype(int)
+    rows = []
+    with StepLogger() as steps:
+        stages = zip(
+            estimator.staged_predict_proba(Xt), estimator.staged_predict_proba(Xv), strict=True
+        )
+        for step, (pt, pv) in enumerate(stages):
+            if step % every:
+                continue
+            row = {
+                "train_accuracy": float(np.mean((pt[:, 1] >= 0.5) == yt)),
+                "val_accuracy": float(np.mean((pv[:, 1] >= 0.5) == yv)),
+                "train_log_loss": float(log_loss(yt, pt, labels=[0, 1])),
+                "val_log_loss": float(log_loss(yv, pv, labels=[0, 1])),
+            }
+            steps.log(step, **{f"learning/{k}": v for k, v in row.items()})
+            rows.append({"step": step, **row})
+    return pd.DataFrame(rows).set_index("step")

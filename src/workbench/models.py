@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -33,7 +34,16 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
 # Packages whose types we allow inside a skops file we load.
-TRUSTED_PACKAGES = ("sklearn.", "numpy.", "scipy.", "xgboost.", "builtins.", "collections.", "workbench.", "_operator.")
+TRUSTED_PACKAGES = (
+    "sklearn.",
+    "numpy.",
+    "scipy.",
+    "xgboost.",
+    "builtins.",
+    "collections.",
+    "workbench.",
+    "_operator.",
+)
 BASE_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
 
 
@@ -73,7 +83,7 @@ def trusted_types(model) -> list[str]:
 
     try:
         return sorted(sio.get_untrusted_types(data=sio.dumps(model)))
-    except Exception as exc:  # noqa: BLE001 - re-raised with the fix attached
+    except Exception as exc:
         raise ModelLoggingError(
             f"skops cannot serialize {type(model).__name__}: {exc}\n"
             "fix: use estimators skops supports, or log this model yourself with "
@@ -102,11 +112,11 @@ def log_model(
     from mlflow.models import infer_signature
 
     example = input_example.head(5)
-    # Integer columns become doubles in the signature: a missing value at serving time turns
-    # an int column into floats, which an integer schema would then reject.
-    ints = example.select_dtypes(include="integer").columns
-    example = example.astype({c: "float64" for c in ints})
-    signature = infer_signature(example, model.predict(example))
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values; the schema keeps the
+        # dataset's own types, since MLflow refuses to cast int64 input to a double column.
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(example, model.predict(example))
     return mlflow.sklearn.log_model(
         model,
         name=name,
@@ -141,7 +151,7 @@ def check_trusted_types(model_uri: str) -> list[str]:
 
     try:
         flavor = Model.load(model_uri).flavors.get("sklearn", {})
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoggingError(f"cannot read the MLmodel file of {model_uri!r}: {exc}") from exc
     if flavor.get("serialization_format", "skops") != "skops":
         raise ModelLoggingError(
@@ -151,7 +161,9 @@ def check_trusted_types(model_uri: str) -> list[str]:
     types = list(flavor.get("skops_trusted_types") or [])
     bad = [t for t in types if not t.startswith(TRUSTED_PACKAGES)]
     if bad:
-        raise ModelLoggingError(f"{model_uri} asks to trust types outside the allow-list: {', '.join(bad)}")
+        raise ModelLoggingError(
+            f"{model_uri} asks to trust types outside the allow-list: {', '.join(bad)}"
+        )
     return types
 
 

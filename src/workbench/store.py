@@ -91,7 +91,7 @@ def _prepare(settings: Settings) -> None:
     try:
         client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
         client.search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the fix attached
+    except Exception as exc:
         raise StoreError(
             f"cannot open the tracking store {settings.tracking_uri!r}: {exc}\n"
             "fix: check the path or server address; `workbench doctor` shows what is "

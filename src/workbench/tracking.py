@@ -60,7 +60,9 @@ _ALIASES = {
     "logloss": "log_loss",
     "cross_entropy": "log_loss",
 }
-_SECRET = re.compile(r"(^|[_\-.])(pass(word|wd)?|secret|token|api[_-]?key|key|credentials?|auth)($|[_\-.])", re.I)
+_SECRET = re.compile(
+    r"(^|[_\-.])(pass(word|wd)?|secret|token|api[_-]?key|key|credentials?|auth)($|[_\-.])", re.I
+)
 
 
 def canonical_metric(name: str) -> str:
@@ -84,7 +86,9 @@ def redact(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (REDACTED if is_secret(k) else v) for k, v in params.items()}
 
 
-def run_name(algorithm: str, key_params: Mapping[str, Any] | None = None, when: _dt.date | None = None) -> str:
+def run_name(
+    algorithm: str, key_params: Mapping[str, Any] | None = None, when: _dt.date | None = None
+) -> str:
     """``<algorithm>-<key params>-<date>``, e.g. ``gbm-lr0.1-depth3-20261127``."""
     parts = [algorithm]
     for k, v in (key_params or {}).items():
@@ -116,7 +120,11 @@ def git_state(path: Path | None = None) -> GitState:
     if commit is None:
         return GitState(None, None, None)
     status = git("status", "--porcelain", "--untracked-files=no")
-    return GitState(commit, git("rev-parse", "--abbrev-ref", "HEAD"), bool(status) if status is not None else None)
+    return GitState(
+        commit,
+        git("rev-parse", "--abbrev-ref", "HEAD"),
+        bool(status) if status is not None else None,
+    )
 
 
 def notebook_path() -> str | None:
@@ -125,7 +133,7 @@ def notebook_path() -> str | None:
         if os.environ.get(var):
             return os.environ[var]
     try:
-        ip = get_ipython()  # type: ignore[name-defined]  # noqa: F821
+        ip = get_ipython()  # type: ignore[name-defined]
         return ip.user_ns.get("__vsc_ipynb_file__")
     except NameError:
         return None
@@ -255,6 +263,10 @@ def start_run(
         mlflow.start_run(experiment_id=exp_id, run_name=name)
         handle = RunHandle(mlflow.active_run(), owned=True)
         _watch_ipython_errors()
+    # Fluent calls that start runs without naming an experiment (nested runs, autolog) must
+    # land in this run's experiment, not in Default. Setting an existing id creates nothing,
+    # so it is safe from parallel processes (unlike set_experiment by a new name).
+    mlflow.set_experiment(experiment_id=handle.experiment_id)
     mlflow.set_tags(all_tags)
     if params:
         log_params(params)
@@ -289,7 +301,7 @@ def _watch_ipython_errors() -> None:
     if _ipython_hooked:
         return
     try:
-        ip = get_ipython()  # type: ignore[name-defined]  # noqa: F821
+        ip = get_ipython()  # type: ignore[name-defined]
     except NameError:
         return
 

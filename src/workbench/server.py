@@ -287,6 +287,17 @@ def admin_password(*, prompt: bool = True) -> str:
     return password
 
 
+def require_auth_extra() -> None:
+    """MLflow's basic-auth app needs Flask-WTF (the ``mlflow[auth]`` extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise UsageProblem(
+            "--auth needs MLflow's auth extra (Flask-WTF), which is not installed.\n"
+            "fix: pip install 'mlflow[auth]' in this environment"
+        )
+
+
 def write_auth_config(folder: Path, *, username: str, password: str | None) -> Path:
     """Write MLflow's basic-auth config into a private folder (0700, file 0600).
 
@@ -405,6 +416,7 @@ def launch(
     env = _child_env()
     auth_folder = folder / f"auth-{port}"
     if auth:
+        require_auth_extra()
         username = os.environ.get(ADMIN_USERNAME_ENV) or "admin"
         pw = password if password is not None else admin_password()
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(
@@ -484,6 +496,7 @@ def start(
     """``workbench server start``: start, wait for /health, print what to export."""
     try:
         if auth:
+            require_auth_extra()
             password = admin_password()  # refuse before anything starts
         if backend_store_uri:
             print(

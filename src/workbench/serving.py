@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import datetime as _dt
 import json
@@ -594,6 +595,7 @@ def start_server(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
         )
     server = ServerProcess(proc, url, log_path)
+    atexit.register(server.stop)  # a notebook kernel that exits takes its server with it
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -81,6 +81,8 @@ class PromotionResult:
         """One line a person can read: the decision and both scores."""
         champ = (
             "no champion yet"
+            if self.previous_champion is None
+            else f"champion v{self.previous_champion} could not be scored"
             if self.champion_score is None
             else f"champion v{self.previous_champion} {self.metric}={self.champion_score:.4f}"
         )
@@ -377,10 +379,17 @@ def promote(
 
     scores = {"challenger": score(name, version, X, y)}
     if previous is not None:
-        scores["champion"] = score(name, previous, X, y)
+        try:
+            scores["champion"] = score(name, previous, X, y)
+        except Exception as exc:
+            if not override:
+                raise RegistryError(
+                    f"cannot score the champion {name} v{previous}: {exc}\nfix: repair it, or "
+                    "replace it with override=True and a reason (recorded in the tags)"
+                ) from exc
     chall = scores["challenger"][metric]
-    champ = scores["champion"][metric] if previous is not None else None
-    won = champ is None or beats(metric, chall, champ, margin)
+    champ = scores["champion"][metric] if "champion" in scores else None
+    won = previous is None or (champ is not None and beats(metric, chall, champ, margin))
     result = PromotionResult(
         name=name,
         version=version,

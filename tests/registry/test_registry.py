@@ -138,3 +138,27 @@ def test_clear_errors(candidates, model_name):
         registry.register(c.strong_run, model_name, artifact_name="nope")
     with pytest.raises(registry.RegistryError, match="give a ModelInfo"):
         registry.register("not-a-run", model_name)
+
+
+def test_a_champion_that_cannot_be_scored_needs_an_override(candidates, model_name):
+    import shutil
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    c = candidates
+    X, y = c.split.X_test, c.split.y_test
+    registry.register(c.weak, model_name, alias="challenger")
+    registry.promote(model_name, X, y)
+    location = mlflow.MlflowClient().get_logged_model(c.weak.model_id).artifact_location
+    shutil.rmtree(Path(urlparse(location).path))  # the champion's files are lost
+    registry.register(c.strong, model_name, alias="challenger")
+    with pytest.raises(registry.RegistryError, match="cannot score the champion"):
+        registry.promote(model_name, X, y)
+    forced = registry.promote(model_name, X, y, override=True, reason="champion files lost")
+    assert forced.promoted and forced.override and forced.champion_score is None
+    assert "could not be scored" in forced.summary()
+    tags = registry._client().get_model_version(model_name, "2").tags
+    assert tags["workbench.promotion.decision"] == "override"
+    assert tags["workbench.promotion.champion_score"] == ""

@@ -54,9 +54,12 @@ def test_load_by_alias_predicts_on_raw_rows(registered):
     np.testing.assert_allclose(out["probability"], sk.predict_proba(raw)[:, 1])
 
 
-def test_unknown_alias_is_a_clear_error(registered):
+def test_unknown_alias_is_a_clear_error(registered, capsys):
     with pytest.raises(serving.ServingError, match="cannot resolve"):
         serving.load(f"models:/{registered.name}@nobody")
+    # `workbench serve` says so and exits 1 before it listens anywhere
+    assert serving.serve(f"models:/{registered.name}@nobody", port=serving.free_port()) == 1
+    assert "cannot resolve" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -78,18 +78,78 @@ def _uses_module(model, module: str) -> bool:
 
 
 def trusted_types(model) -> list[str]:
-    """The exact types skops must be told to trust to load this model back."""
+    """The exact types skops must be told to trust to load this model back.
+
+    skops answers this from a dump of the model. ``skops.io.dumps`` writes its schema with
+    ``json.dumps(indent=2)``, which takes Python's slow encoder path (0.6 s for a 150-tree
+    boosting pipeline); we build the same archive with the fast encoder, about 5x quicker.
+    """
+    import io
+    import json
+    from zipfile import ZipFile
+
+    import skops
     import skops.io as sio
+    from skops.io._persist import SaveContext, get_state
 
     try:
-        return sorted(sio.get_untrusted_types(data=sio.dumps(model)))
-    except Exception as exc:
+        buffer = io.BytesIO()
+        with ZipFile(buffer, "w") as zip_file:
+            context = SaveContext(zip_file=zip_file)
+            state = get_state(model, context)
+            context.clear_memo()
+            state["protocol"] = context.protocol
+            state["_skops_version"] = skops.__version__
+            zip_file.writestr("schema.json", json.dumps(state))
+        return sorted(sio.get_untrusted_types(data=buffer.getvalue()))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the fix attached
         raise ModelLoggingError(
             f"skops cannot serialize {type(model).__name__}: {exc}\n"
             "fix: use estimators skops supports, or log this model yourself with "
             "mlflow.sklearn.log_model(..., serialization_format='cloudpickle') knowing that "
             "loading a pickle runs arbitrary code."
         ) from exc
+
+
+def compact(model):
+    """A copy of ``model`` whose fitted trees drop the random generator that grew them.
+
+    Each tree of a fitted sklearn ensemble keeps a ``RandomState`` (624 integers of state)
+    that prediction never uses; skops writes every one out as JSON, which doubles the time
+    to save a boosting model. The copy shares everything else with the original (nothing is
+    refitted or changed in place) and predicts exactly the same.
+    """
+    import copy
+
+    import numpy as np
+
+    def strip(estimator):
+        trees = getattr(estimator, "estimators_", None)
+        if trees is None or not any(
+            isinstance(getattr(t, "random_state", None), np.random.RandomState)
+            for t in np.ravel(trees)[:1]
+        ):
+            return estimator
+        lean = copy.copy(estimator)
+        stripped = [copy.copy(t) for t in np.ravel(trees)]
+        for t in stripped:
+            t.random_state = None
+        if isinstance(trees, np.ndarray):
+            new = np.empty(trees.shape, dtype=object)
+            new.ravel()[:] = stripped
+            lean.estimators_ = new
+        else:
+            lean.estimators_ = stripped
+        return lean
+
+    if hasattr(model, "steps"):
+        last = strip(model.steps[-1][1])
+        if last is model.steps[-1][1]:
+            return model
+        lean = copy.copy(model)
+        lean.steps = [*model.steps[:-1], (model.steps[-1][0], last)]
+        return lean
+    return strip(model)
 
 
 def log_model(
@@ -117,11 +177,12 @@ def log_model(
         # dataset's own types, since MLflow refuses to cast int64 input to a double column.
         warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(example, model.predict(example))
+    lean = compact(model)
     return mlflow.sklearn.log_model(
-        model,
+        lean,
         name=name,
         serialization_format="skops",
-        skops_trusted_types=trusted_types(model),
+        skops_trusted_types=trusted_types(lean),
         pip_requirements=[*requirements_for(model), *extra_requirements],
         signature=signature,
         input_example=example,

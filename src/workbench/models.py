@@ -44,6 +44,7 @@ TRUSTED_PACKAGES = (
     "workbench.",
     "_operator.",
 )
+SIGNATURE_ROWS = 500
 BASE_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
 
 
@@ -172,11 +173,14 @@ def log_model(
     from mlflow.models import infer_signature
 
     example = input_example.head(5)
+    # The signature comes from more rows than the example shows, so that a column with the
+    # odd missing value is marked optional rather than required.
+    sample = input_example.head(SIGNATURE_ROWS)
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values; the schema keeps the
         # dataset's own types, since MLflow refuses to cast int64 input to a double column.
         warnings.simplefilter("ignore", UserWarning)
-        signature = infer_signature(example, model.predict(example))
+        signature = infer_signature(sample, model.predict(sample))
     lean = compact(model)
     return mlflow.sklearn.log_model(
         lean,

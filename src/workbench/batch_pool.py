@@ -1,0 +1,155 @@
+"""Run prepared jobs N at a time with a progress bar, and print the summary table.
+
+Each job runs in a worker process of a ``spawn`` pool (a clean interpreter: no inherited
+SQLAlchemy connections or MLflow state) and starts its own kernel; its environment travels
+with the job, so a worker can run many jobs one after another. One job's failure is just a
+result; a worker process that dies takes only its own job with it (the pool is rebuilt for
+the jobs that had not finished). With one job slot everything runs in this process.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from workbench import runner
+from workbench.runner import Job, JobResult
+
+
+def _worker_init() -> None:
+    import logging
+    import signal
+
+    runner.skip_slow_imports()
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _work(job: Job) -> JobResult:
+    try:
+        return runner.execute(job)
+    except Exception as exc:  # report it as this job's failure, never crash the pool
+        return JobResult(job, "FAILED", reason=f"runner error: {type(exc).__name__}: {exc}")
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]batch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+def _describe(r: JobResult) -> str:
+    return f"{Path(r.job.notebook).stem}-{r.job.label}: {r.status}"
+
+
+def run_all(jobs: list[Job], slots: int, stages: list[int] | None = None) -> list[JobResult]:
+    """Run every job; return one result per job, in the order of ``jobs``.
+
+    ``stages[i]`` orders the jobs: all jobs of a stage finish before the next stage starts
+    (a batch file's documents are stages, so a demo can run notebooks in order), and the
+    jobs within a stage share the ``slots``.
+    """
+    if not jobs:
+        return []
+    stages = stages or [0] * len(jobs)
+    groups = [[i for i in range(len(jobs)) if stages[i] == s] for s in sorted(set(stages))]
+    results: list[JobResult | None] = [None] * len(jobs)
+    with _progress() as progress:
+        task = progress.add_task("starting", total=len(jobs))
+
+        def record(i: int, r: JobResult) -> None:
+            results[i] = r
+            progress.update(task, advance=1, description=_describe(r))
+
+        if slots == 1 or len(jobs) == 1:
+            for i, job in enumerate(jobs):
+                record(i, _work(job))
+        else:
+            pool = _Pool(min(slots, len(jobs)))
+            try:
+                for group in groups:
+                    lost = pool.run(jobs, group, record)
+                    if lost:  # a worker process died: one more try in a fresh pool
+                        pool.close()
+                        pool = _Pool(min(slots, len(lost)))
+                        for i in pool.run(jobs, lost, record):
+                            record(
+                                i,
+                                JobResult(
+                                    jobs[i], "FAILED", reason="its worker process died twice"
+                                ),
+                            )
+            finally:
+                pool.close()
+    return [r for r in results if r is not None]
+
+
+class _Pool:
+    """A spawn process pool that runs groups of jobs and survives a worker's death."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_worker_init
+        )
+
+    def run(self, jobs: list[Job], todo: list[int], record) -> list[int]:
+        """Run ``todo`` (indexes into jobs); return those lost to a broken pool."""
+        lost: list[int] = []
+        futures: dict[Future, int] = {self.executor.submit(_work, jobs[i]): i for i in todo}
+        for fut in as_completed(futures):
+            try:
+                record(futures[fut], fut.result())
+            except BrokenProcessPool:
+                lost.append(futures[fut])
+        return lost
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def print_summary(results: list[JobResult]) -> None:
+    """The summary table: label, status, duration, key metric, run id, report path."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from workbench.reports import format_metric, key_metric
+
+    failed = [r for r in results if not r.ok]
+    title = f"{len(results)} job(s): {len(results) - len(failed)} ok, {len(failed)} failed"
+    table = Table(title=title, title_justify="left")
+    for col in ("notebook", "label", "status", "duration", "key metric", "run id", "report"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        km = key_metric(r.metrics, r.job.metric)
+        style = {"FINISHED": "green", "SKIPPED": "dim"}.get(r.status, "bold red")
+        report = runner.project_relative(Path(r.report).with_suffix(".html")) if r.report else ""
+        table.add_row(
+            Path(r.job.notebook).stem,
+            r.job.label,
+            f"[{style}]{r.status}[/]",
+            f"{r.duration:.1f} s" if r.duration else "",
+            f"{km[0]}={format_metric(km[1])}" if km else "",
+            r.run_id or "",
+            report,
+        )
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    console.print(table)
+    for r in failed:
+        console.print(
+            f"[bold red]{r.status}[/] {Path(r.job.notebook).stem}-{r.job.label}: {r.reason}",
+            highlight=False,
+        )

@@ -1,0 +1,474 @@
+"""Execute notebooks headlessly with papermill, one MLflow run per execution, ended truthfully.
+
+Measured with plain papermill on MLflow 3.17: a timed-out cell leaves the run FINISHED and a
+killed kernel leaves it RUNNING forever. So the runner owns the run: it prepares the
+experiment, creates the run, starts the kernel with the run id in its environment (the
+notebook's ``workbench.tracking.start_run`` resumes it), and sets the final status only after
+the kernel is gone (MLflow's exit hook in the kernel would otherwise have the last word):
+FINISHED, FAILED (a cell raised or outlived ``--timeout``), KILLED (the kernel died). Runs a
+dead runner left RUNNING are found through their runner tags and marked KILLED.
+
+Parameters are checked against the notebook's ``parameters`` cell before any of that
+(``workbench.notebook_params``); batches live in ``workbench.batch``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench import notebook_params as nbp
+from workbench.cli import EXIT_FAILED, EXIT_OK, UsageError
+from workbench.config import Settings, get_settings, run_url
+
+TAG_RUNNER, TAG_PID, TAG_HOST = "workbench.runner", "workbench.runner.pid", "workbench.runner.host"
+TAG_PSTART, TAG_LABEL, TAG_HASH = (
+    "workbench.runner.proc_start",
+    "workbench.label",
+    "workbench.param_hash",
+)
+TAG_PARAMS, TAG_REASON, TAG_DURATION = (
+    "workbench.parameters",
+    "workbench.status_reason",
+    "workbench.duration_s",
+)
+TAG_REPORT, TAG_REPORT_HTML, TAG_METRIC = (
+    "workbench.report",
+    "workbench.report.html",
+    "workbench.key_metric",
+)
+TAG_EXPERIMENT = "workbench.experiment"
+HEADER_KEY = "workbench_header"
+KERNEL_START_RETRIES = 2
+
+
+@dataclass
+class Job:
+    """One notebook execution, validated and ready to run (picklable for worker processes)."""
+
+    notebook: str  # absolute path
+    parameters: dict[str, Any]
+    experiment: str
+    label: str
+    param_hash: str
+    timeout: float | None = None
+    params_files: tuple[str, ...] = ()
+    experiment_id: str | None = None
+    metric: str | None = None  # the batch's key metric, if it names one
+
+
+@dataclass
+class JobResult:
+    job: Job
+    status: str  # FINISHED, FAILED, KILLED (or SKIPPED by --resume)
+    duration: float = 0.0
+    run_id: str | None = None
+    report: str | None = None  # the executed .ipynb; the .html lies beside it
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    kernel_started: bool = False
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("FINISHED", "SKIPPED")
+
+
+# ------------------------------------------------------------------ preparing a job
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-name-safe version of a label or experiment name."""
+    return re.sub(r"[^\w.=+-]+", "_", str(text)).strip("_.")[:limit] or "x"
+
+
+def project_relative(path: Path, settings: Settings | None = None) -> str:
+    """``path`` relative to the project folder when inside it (stable across machines)."""
+    project = (settings or get_settings()).project_dir
+    try:
+        return str(path.resolve().relative_to(project))
+    except ValueError:
+        return str(path.resolve())
+
+
+def load_params_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of parameters, as papermill takes it."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"parameters file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{p} must hold a mapping of parameter names to values")
+    return data
+
+
+def param_hash(notebook: str, parameters: dict[str, Any]) -> str:
+    """Identity of one parameter set of one notebook (what --resume compares)."""
+    blob = json.dumps(
+        {"notebook": notebook, "parameters": parameters}, sort_keys=True, default=repr
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def derive_label(overrides: dict[str, Any], files: list[str] | tuple[str, ...] = ()) -> str:
+    shown = {k: v for k, v in overrides.items() if k != "experiment_name"}
+    if shown:
+        return safe_name("-".join(f"{k}={v}" for k, v in shown.items()))
+    if files:
+        return safe_name("+".join(Path(f).stem for f in files))
+    return "default"
+
+
+def prepare_job(
+    notebook: str | Path,
+    *,
+    texts: list[tuple[str, str]] | None = None,
+    values: dict[str, Any] | None = None,
+    params_files: list[str] | tuple[str, ...] = (),
+    experiment: str | None = None,
+    timeout: float | None = None,
+    label: str | None = None,
+    label_values: dict[str, Any] | None = None,
+    metric: str | None = None,
+) -> Job:
+    """Validate everything about one execution without starting a kernel or touching the
+    store; raises UsageError naming the problem."""
+    path = Path(notebook).expanduser()
+    if not path.is_file():
+        raise UsageError(f"notebook not found: {path}")
+    if path.suffix != ".ipynb":
+        raise UsageError(f"{path} is not a notebook (.ipynb)")
+    try:
+        specs = nbp.inspect(path)
+    except Exception as exc:  # nbformat validation, JSON errors
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    merged: dict[str, Any] = {}
+    for f in params_files:
+        merged.update(load_params_file(f))
+    merged.update(values or {})
+    try:
+        params = nbp.resolve(path, specs, texts=list(texts or []), values=merged)
+    except nbp.ParameterError as exc:
+        raise UsageError(str(exc)) from exc
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be positive seconds, got {timeout}")
+    if not experiment:
+        experiment = params.get("experiment_name")
+        if not experiment and "experiment_name" in specs:
+            experiment = nbp.default_value(specs["experiment_name"])
+        experiment = str(experiment) if experiment else path.stem
+    if "experiment_name" in specs:
+        params["experiment_name"] = experiment
+    if label is None:
+        label = derive_label(label_values if label_values is not None else params, params_files)
+    rel = project_relative(path)
+    return Job(
+        notebook=str(path.resolve()),
+        parameters=params,
+        experiment=experiment,
+        label=safe_name(label),
+        param_hash=param_hash(rel, params),
+        timeout=timeout,
+        params_files=tuple(str(Path(f).resolve()) for f in params_files),
+        metric=metric,
+    )
+
+
+# ------------------------------------------------------------------ runs left by dead runners
+
+
+def _proc_start(pid: int) -> str:
+    """The kernel's start tick of a process (tells a reused pid from the original), or ""."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return not start or not _proc_start(pid) or _proc_start(pid) == start
+
+
+def runner_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {TAG_PID: str(pid), TAG_HOST: socket.gethostname(), TAG_PSTART: _proc_start(pid)}
+
+
+def recover_stale_runs(client=None) -> list[str]:
+    """Mark KILLED the RUNNING runs whose runner process on this host is gone."""
+    import mlflow
+
+    from workbench import store
+
+    client = client or store.connect(activate=False)
+    host = socket.gethostname().replace("'", "")
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    query = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'"
+    killed = []
+    for i in range(0, len(exp_ids), 50):
+        for run in client.search_runs(exp_ids[i : i + 50], query, max_results=5000):
+            tags = run.data.tags
+            try:
+                pid = int(tags.get(TAG_PID, ""))
+            except ValueError:
+                continue
+            if _alive(pid, tags.get(TAG_PSTART, "")):
+                continue
+            client.set_tag(run.info.run_id, TAG_REASON, f"runner process {pid} on {host} died")
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    del mlflow
+    return killed
+
+
+# ------------------------------------------------------------------ executing
+
+
+def _reserve(folder: Path, base: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = folder / (f"{base}.ipynb" if i == 1 else f"{base}-{i}.ipynb")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot find a free report name for {base} in {folder}")
+
+
+def header_text(job: Job, run_id: str, url: str, status: str, duration: float | None) -> str:
+    done = f" in {duration:.1f} s" if duration is not None else ""
+    return (
+        f"**workbench run** `{run_id}` — status **{status}**{done}  \n"
+        f"[Open this run in the MLflow UI]({url}) · experiment `{job.experiment}` · "
+        f"label `{job.label}`"
+    )
+
+
+def kernel_env(job: Job, run_id: str, exp_id: str, settings: Settings) -> dict[str, str]:
+    """The environment of this execution's kernel (a copy; os.environ is left alone)."""
+    from workbench.config import ARTIFACT_ENV, PROJECT_ENV
+    from workbench.tracking import NOTEBOOK_ENV, PARAMS_FILE_ENV, RUN_ID_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", PARAMS_FILE_ENV)}
+    env.update(
+        {
+            RUN_ID_ENV: run_id,
+            NOTEBOOK_ENV: project_relative(Path(job.notebook), settings),
+            PROJECT_ENV: str(settings.project_dir),
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+            "MLFLOW_EXPERIMENT_ID": exp_id,
+        }
+    )
+    if settings.artifact_root is not None:
+        env[ARTIFACT_ENV] = str(settings.artifact_root)
+    if job.params_files:
+        env[PARAMS_FILE_ENV] = os.pathsep.join(
+            project_relative(Path(f), settings) for f in job.params_files
+        )
+    return env
+
+
+def execute(job: Job, *, retries: int = KERNEL_START_RETRIES) -> JobResult:
+    """Run one prepared job to its end and return what happened (never raises for a
+    notebook's failure; KeyboardInterrupt ends the run KILLED and propagates)."""
+    import nbformat
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
+
+    from workbench import notebook_exec, store
+
+    settings = get_settings()
+    client = store.connect(settings, activate=False)
+    exp_id = job.experiment_id or store.experiment_id(job.experiment, settings)
+    stem = Path(job.notebook).stem
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = _reserve(settings.reports_dir / safe_name(job.experiment), f"{stamp}-{stem}-{job.label}")
+    html = out.with_suffix(".html")
+    tags = {
+        MLFLOW_SOURCE_NAME: project_relative(Path(job.notebook), settings),
+        MLFLOW_SOURCE_TYPE: "NOTEBOOK",
+        MLFLOW_RUN_NAME: f"{stem}-{job.label}",
+        TAG_RUNNER: "papermill",
+        TAG_LABEL: job.label,
+        TAG_HASH: job.param_hash,
+        TAG_EXPERIMENT: job.experiment,
+        TAG_PARAMS: json.dumps(job.parameters, default=repr)[:5000],
+        TAG_REPORT: project_relative(out, settings),
+        TAG_REPORT_HTML: project_relative(html, settings),
+        **runner_tags(),
+    }
+    if job.metric:
+        tags[TAG_METRIC] = job.metric
+    run_id = client.create_run(exp_id, tags=tags, run_name=f"{stem}-{job.label}").info.run_id
+    url = run_url(exp_id, run_id, settings)
+    result = JobResult(job, "FAILED", run_id=run_id, report=str(out))
+    t0 = time.perf_counter()
+    interrupted: BaseException | None = None
+    try:
+        nb = nbformat.read(job.notebook, as_version=4)
+        header = nbformat.v4.new_markdown_cell(header_text(job, run_id, url, "RUNNING", None))
+        header.metadata[HEADER_KEY] = True
+        nb.cells.insert(0, header)
+        env = kernel_env(job, run_id, exp_id, settings)
+        for attempt in range(1, retries + 2):
+            result.attempts = attempt
+            state = {"started": False}
+            status, reason = notebook_exec.run_papermill(
+                nb, out, job.parameters, env, job.timeout, state,
+                cwd=str(Path(job.notebook).parent), kernel_log=out.with_suffix(".kernel.log"),
+            )  # fmt: skip
+            result.status, result.reason = status, reason
+            result.kernel_started = state["started"]
+            if state.get("interrupted"):
+                interrupted = KeyboardInterrupt()
+                break
+            if status == "FINISHED" or state["started"] or attempt > retries:
+                break
+            time.sleep(attempt)  # the kernel never started (papermill#511 port race): retry
+    finally:
+        result.duration = time.perf_counter() - t0
+        _finish(client, job, result, out, html, url, exp_id)
+    if interrupted is not None:
+        raise interrupted
+    return result
+
+
+def _finish(
+    client, job: Job, result: JobResult, out: Path, html: Path, url: str, exp_id: str
+) -> None:
+    """Write the header and HTML twin, log both, and set the final status (kernel is gone)."""
+    from workbench import notebook_exec
+
+    run_id = result.run_id
+    try:
+        text = header_text(job, run_id, url, result.status, result.duration)
+        if result.reason:
+            text += f"  \n**why:** {result.reason}"
+        notebook_exec.finalize_report(out, html, text, HEADER_KEY)
+        for path in (out, html):
+            if path.exists():
+                client.log_artifact(run_id, str(path), artifact_path="report")
+    except Exception as exc:  # a report problem must not leave the run RUNNING
+        result.reason = (
+            result.reason + "; " if result.reason else ""
+        ) + f"report not written: {exc}"
+    log = out.with_suffix(".kernel.log")
+    if result.status == "FINISHED" or (log.exists() and not _meaningful(log)):
+        log.unlink(missing_ok=True)  # keep the kernel's own log only when it may explain a failure
+    elif log.exists():
+        result.reason += f" (kernel log: {project_relative(log)})"
+    client.set_tag(run_id, TAG_DURATION, f"{result.duration:.2f}")
+    if result.reason:
+        client.set_tag(run_id, TAG_REASON, result.reason[:5000])
+    client.set_terminated(run_id, result.status)
+    try:
+        result.metrics = dict(client.get_run(run_id).data.metrics)
+    except Exception:  # metrics are for the summary only
+        result.metrics = {}
+
+
+def _meaningful(log: Path) -> bool:
+    """True when a kernel log says more than the usual start-up and shutdown chatter."""
+    noise = ("running over TCP without encryption", "KeyboardInterrupt caught in kernel")
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    return any(not any(n in ln for n in noise) for ln in lines)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def print_result(r: JobResult, file=None) -> None:
+    from workbench import store
+
+    file = file or sys.stdout
+    settings = get_settings()
+    exp_id = r.job.experiment_id or store.experiment_id(r.job.experiment, settings)
+    print(f"run {r.run_id}  {r.status}  {r.duration:.1f} s", file=file)
+    if r.reason:
+        print(f"  why:        {r.reason}", file=file)
+    print(f"  experiment: {r.job.experiment}", file=file)
+    if r.report:
+        rep = Path(r.report)
+        print(f"  report:     {rep.with_suffix('.html')}  (notebook: {rep.name})", file=file)
+    print(f"  mlflow:     {run_url(exp_id, r.run_id, settings)}", file=file)
+
+
+def skip_slow_imports() -> None:
+    """Keep jsonschema from importing ``rfc3987_syntax``, which compiles some 40 grammars at
+    import (2-3 s here) for IRI formats no notebook schema uses; nbformat imports jsonschema.
+    Only effective before jsonschema is imported; called by the commands, not at import."""
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+
+def run_command(
+    notebook: str,
+    *,
+    parameters: list[list[str]],
+    params_files: list[str],
+    experiment: str | None,
+    timeout: float | None,
+    label: str | None,
+) -> int:
+    """``workbench run``: validate, execute, report. 0 ok, 1 failed; UsageError for bad input."""
+    skip_slow_imports()
+    texts = [(name, value) for name, value in parameters]
+    label_values = {n: v for n, v in texts} if texts else None
+    job = prepare_job(
+        notebook,
+        texts=texts,
+        params_files=params_files,
+        experiment=experiment,
+        timeout=timeout,
+        label=label,
+        label_values=label_values if texts else ({} if params_files else None),
+    )
+    from workbench import store
+
+    store.connect(activate=False)
+    for run_id in recover_stale_runs():
+        print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
+    job.experiment_id = store.experiment_id(job.experiment)
+    result = execute(job)
+    print_result(result)
+    _rebuild_index()
+    return EXIT_OK if result.status == "FINISHED" else EXIT_FAILED
+
+
+def _rebuild_index() -> None:
+    try:
+        from workbench import reports
+
+        reports.build_index()
+    except Exception as exc:  # the run itself is done and recorded
+        print(f"note: could not rebuild the report index: {exc}", file=sys.stderr)
+
+
+def batch_command(
+    paths: list[str], *, jobs: int, resume: bool, dry_run: bool, timeout: float | None
+) -> int:
+    """``workbench batch``: see workbench.batch."""
+    from workbench import batch
+
+    return batch.batch_command(paths, jobs=jobs, resume=resume, dry_run=dry_run, timeout=timeout)

@@ -89,6 +89,21 @@ def storage_kind(url: str | None) -> str:
     return "journal" if url.startswith("journal:") else "rdb"
 
 
+def normalize_storage(url: str | None) -> str | None:
+    """The storage URL as workers elsewhere must see it: a journal path made absolute,
+    ``postgresql://`` spelled ``postgresql+psycopg://`` (psycopg 3 is what is installed)."""
+    kind = storage_kind(url)
+    if kind == "memory":
+        return None
+    if kind == "journal":
+        path = Path(url.removeprefix("journal:").removeprefix("//")).expanduser().resolve()
+        return f"journal:{path}"
+    for old in ("postgresql://", "postgres://"):
+        if url.startswith(old):
+            return "postgresql+psycopg://" + url[len(old) :]
+    return url
+
+
 def open_storage(url: str | None, *, heartbeat_interval: int | None = None):
     """An Optuna storage for ``url``: None (in memory), ``journal:PATH`` or an RDB URL.
 
@@ -98,18 +113,16 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None):
     """
     import optuna
 
+    url = normalize_storage(url)
     kind = storage_kind(url)
     if kind == "memory":
         return None
     if kind == "journal":
-        path = Path(url.removeprefix("journal:").removeprefix("//")).expanduser()
+        path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(path)))
-    for old in ("postgresql://", "postgres://"):
-        if url.startswith(old):
-            url = "postgresql+psycopg://" + url[len(old) :]
     hb = heartbeat_interval or int(os.environ.get(HEARTBEAT_ENV, "10"))
     try:
         with warnings.catch_warnings():
@@ -433,7 +446,7 @@ class SearchStudy:
 
     study: Any
     settings: Settings
-    storage_url: str | None
+    storage_url: str | None = field(repr=False)  # may hold a password
     split: Any = field(repr=False)
     objective: Objective = field(repr=False)
     runs: TrialRuns = field(repr=False)
@@ -583,6 +596,7 @@ def create_study(
     )
     ds, split = _load_split(settings)
     settings.fingerprint = ds.fingerprint
+    storage = normalize_storage(storage)
     name = study_name or f"{family}-{parent_run_id[:8]}-{int(time.time())}"
     try:
         study = optuna.create_study(
@@ -899,6 +913,10 @@ def worker_command(*, study: str, storage: str, n_trials: int | None, timeout: f
         s = join_study(study, storage)
     except (SearchError, SearchSpaceError, DataError) as exc:
         raise UsageError(str(exc)) from exc
+    if n_trials is None and timeout is None and not s.settings.n_trials:
+        raise UsageError(
+            f"study {study!r} has no planned number of trials: pass --trials N or --timeout S"
+        )
     before = {t.number for t in s.study.get_trials(deepcopy=False)}
     s.optimize(n_trials=n_trials, timeout=timeout)
     mine = [

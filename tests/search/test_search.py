@@ -129,3 +129,16 @@ def test_space_parsing_and_other_refusals(tracking_uri, experiment_name):
         search.create_study("rf", pruner="hyperband", n_rows=200, parent_run_id="unused")
     with pytest.raises(search.SearchError, match="no parent run"):
         search.create_study("rf", n_rows=200)
+
+
+def test_storage_urls_are_normalized_and_redacted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert search.normalize_storage("") is None and search.storage_kind(None) == "memory"
+    assert (
+        search.normalize_storage("journal:runs/study.log")
+        == f"journal:{tmp_path / 'runs' / 'study.log'}"
+    )
+    pg = search.normalize_storage("postgresql://ana:s3cret@db.example:5432/optuna")
+    assert pg == "postgresql+psycopg://ana:s3cret@db.example:5432/optuna"
+    assert search.storage_kind(pg) == "rdb"
+    assert "s3cret" not in search.redact_url(pg) and "db.example" in search.redact_url(pg)

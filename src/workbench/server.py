@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -426,9 +427,10 @@ def launch(
         env.pop(ADMIN_USERNAME_ENV, None)
 
     log = folder / f"server-{port}.log"
+    cmd = server_command(store_uri, dest, host, port, auth=auth, workers=workers)
     with log.open("a") as fh:
         fh.write(f"\n==== workbench server start {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
-    cmd = server_command(store_uri, dest, host, port, auth=auth, workers=workers)
+        fh.write("command: " + shlex.join(mask_uri(c) for c in cmd) + "\n")
     proc = spawn(cmd, env=env, log=log, cwd=folder)
     url = client_url(host, port)
     deadline = time.monotonic() + timeout

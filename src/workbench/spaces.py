@@ -367,7 +367,7 @@ class Objective:
         eval_key = METRICS[self.metric][0]
         if self.scoring == "cv":
             cb = xgboost_pruning(trial, "test", eval_key, self.report_every)
-            dtrain = xgb.DMatrix(p.X_train, label=p.y_train)
+            dtrain = xgb.DMatrix(p.X_train, label=p.y_train, nthread=1)
             hist = xgb.cv(booster_params, dtrain, num_boost_round=rounds, folds=p.folds,
                           early_stopping_rounds=early, callbacks=[cb], verbose_eval=False)  # fmt: skip
             return (
@@ -376,7 +376,10 @@ class Objective:
                 len(hist),
             )
         cb = xgboost_pruning(trial, "val", eval_key, self.report_every)
-        dtrain, dval = xgb.DMatrix(p.X_train, label=p.y_train), xgb.DMatrix(p.X_val, label=p.y_val)
+        dtrain, dval = (
+            xgb.DMatrix(p.X_train, label=p.y_train, nthread=1),
+            xgb.DMatrix(p.X_val, label=p.y_val, nthread=1),
+        )
         booster = xgb.train(booster_params, dtrain, num_boost_round=rounds, evals=[(dval, "val")],
                             early_stopping_rounds=early, callbacks=[cb], verbose_eval=False)  # fmt: skip
         best = int(booster.best_iteration) + 1

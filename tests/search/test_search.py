@@ -61,11 +61,12 @@ def test_trials_are_nested_child_runs_with_states(tracking_uri, experiment_name)
     assert len(predictions) == 3
 
 
-def test_median_pruner_prunes_xgboost_trials(tracking_uri, experiment_name):
+@pytest.mark.parametrize("pruner", ["median", "halving"])
+def test_pruner_prunes_hopeless_xgboost_trials(tracking_uri, experiment_name, pruner):
     run = tracking.start_run(experiment_name, algorithm="xgb-search")
     space = {"learning_rate": ["float", 0.05, 0.3, "log"], "colsample_bytree": ["float", 0.05, 1.0],
              "max_depth": ["int", 1, 6], "n_estimators": 200}  # fmt: skip
-    s = search.create_study("xgboost", space=space, n_rows=1500, pruner="median", seed=0)
+    s = search.create_study("xgboost", space=space, n_rows=1500, pruner=pruner, seed=0)
     good = {"learning_rate": 0.2, "colsample_bytree": 1.0, "max_depth": 4}
     hopeless = {"learning_rate": 0.05, "colsample_bytree": 0.05, "max_depth": 1}  # 1 feature a tree
     for params in (good, good, good, hopeless, hopeless):
@@ -74,7 +75,10 @@ def test_median_pruner_prunes_xgboost_trials(tracking_uri, experiment_name):
     run.end()
 
     states = [t.state.name for t in s.study.trials]
-    assert states[:3] == ["COMPLETE"] * 3
+    # median waits for 3 finished trials; successive halving judges from the first rung on
+    assert states[: 3 if pruner == "median" else 1] == ["COMPLETE"] * (
+        3 if pruner == "median" else 1
+    )
     assert "PRUNED" in states[3:], states
     children = _children(run.run_id)
     for t in s.study.trials:

@@ -59,22 +59,33 @@ def render(results: dict[str, list[Result] | str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    results: dict[str, list[Result] | str] = {}
+    """Run the named modules (default: all), keep each module's rows in bench/results/, and
+    render BENCHMARKS.md from the latest rows of every module, so one module can be rerun
+    on its own without losing the others' numbers."""
+    import dataclasses
+    import json
+
+    cache = ROOT / "bench" / "results"
+    cache.mkdir(exist_ok=True)
     for name in discover(argv):
         print(f"== {name}", flush=True)
         try:
-            results[name] = importlib.import_module(f"bench.{name}").run()
-            for r in results[name]:
+            rows = importlib.import_module(f"bench.{name}").run()
+            for r in rows:
                 print(
-                    f"   {r.benchmark}: ours {r.ours:.3g}{r.unit}, baseline {r.baseline:.3g}{r.unit}, {r.ratio:.1f}x ({r.target}: {'met' if r.passed else 'NOT met'})"
+                    f"   {r.benchmark}: ours {r.ours:.3g}{r.unit}, baseline {r.baseline:.3g}{r.unit}, "
+                    f"{r.ratio:.1f}x ({r.target}: {'met' if r.passed else 'NOT met'})"
                 )
-        except Exception:
-            results[name] = traceback.format_exc()
-            print(results[name], file=sys.stderr)
+            payload: object = [dataclasses.asdict(r) for r in rows]
+        except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others
+            payload = traceback.format_exc()
+            print(payload, file=sys.stderr)
+        (cache / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    results: dict[str, list[Result] | str] = {}
+    for path in sorted(cache.glob("bench_*.json")):
+        data = json.loads(path.read_text())
+        results[path.stem] = data if isinstance(data, str) else [Result(**row) for row in data]
     out = ROOT / "BENCHMARKS.md"
-    if argv and out.exists():
-        print("ran a subset: BENCHMARKS.md left as it was; rows above")
-        return 0
     out.write_text(render(results))
     print(f"wrote {out}")
     return 0

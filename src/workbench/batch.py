@@ -190,27 +190,39 @@ def batch_command(
     if dry_run and not resume:
         _print_plan(todo, set())
         return EXIT_OK
-    from workbench import store
+    from workbench import batch_pool, store
 
-    client = store.connect(activate=False)
-    for run_id in runner.recover_stale_runs(client):
-        print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
-    skipped: set[int] = set()
-    done: dict[str, set[str]] = {}
-    for i, job in enumerate(todo):
-        job.experiment_id = store.experiment_id(job.experiment)
-        if resume:
-            if job.experiment_id not in done:
-                done[job.experiment_id] = finished_hashes(client, job.experiment_id)
-            if job.param_hash in done[job.experiment_id]:
-                skipped.add(i)
-    if dry_run:
-        _print_plan(todo, skipped)
-        return EXIT_OK
-    from workbench import batch_pool
+    # Workers are forked before this process opens the store (see batch_pool.Pool).
+    pool = (
+        batch_pool.Pool(min(jobs, len(todo)))
+        if not dry_run and jobs > 1 and len(todo) > 1
+        else None
+    )
+    try:
+        client = store.connect(activate=False)
+        for run_id in runner.recover_stale_runs(client):
+            print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
+        skipped: set[int] = set()
+        done: dict[str, set[str]] = {}
+        for i, job in enumerate(todo):
+            job.experiment_id = store.experiment_id(job.experiment)
+            if resume:
+                if job.experiment_id not in done:
+                    done[job.experiment_id] = finished_hashes(client, job.experiment_id)
+                if job.param_hash in done[job.experiment_id]:
+                    skipped.add(i)
+        if dry_run:
+            _print_plan(todo, skipped)
+            return EXIT_OK
 
-    run_idx = [i for i in range(len(todo)) if i not in skipped]
-    ran = batch_pool.run_all([todo[i] for i in run_idx], jobs, [stages[i] for i in run_idx])
+        run_idx = [i for i in range(len(todo)) if i not in skipped]
+        ran = batch_pool.run_all(
+            [todo[i] for i in run_idx], jobs, [stages[i] for i in run_idx], pool=pool
+        )
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     results = dict(zip(run_idx, ran, strict=True))
     for run_id in runner.recover_stale_runs(client):  # runs of a worker that died mid-job
         print(f"marked run {run_id} KILLED: its worker process died", file=sys.stderr)

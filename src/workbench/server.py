@@ -95,15 +95,16 @@ def allowed_hosts(host: str, port: int) -> list[str]:
     """
     names = ["localhost", "127.0.0.1", "[::1]"]
     if host not in (*LOOPBACK, "0.0.0.0", "::"):
-        names.append(host)
+        names.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
     if host in ("0.0.0.0", "::"):
         names += [socket.gethostname(), socket.getfqdn()]
     extra = [
         h.strip() for h in os.environ.get("WORKBENCH_ALLOWED_HOSTS", "").split(",") if h.strip()
     ]
     out: list[str] = []
-    for name in [*dict.fromkeys(names), *extra]:
-        out += [name, f"{name}:{port}"] if ":" not in name.strip("[]") else [name]
+    for name in [*names, *extra]:
+        has_port = re.search(r"(^[^:\[]+|\])(:[\d*]+)$", name) is not None
+        out += [name] if has_port else [name, f"{name}:{port}"]
     return list(dict.fromkeys(out))
 
 

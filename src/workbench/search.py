@@ -195,11 +195,11 @@ class TrialRuns:
             TRIAL_TAG: str(trial.number),
             STUDY_TAG: self.study_name,
         }
+        trial.set_user_attr(WORKER_ATTR, worker_id())  # first: a lost trial can then be failed
         run = self.client.create_run(
             self.experiment_id, run_name=f"trial-{trial.number}", tags=tags
         )
         trial.set_user_attr(RUN_ATTR, run.info.run_id)
-        trial.set_user_attr(WORKER_ATTR, worker_id())
         return run.info.run_id
 
     def track(self, objective: Callable[[Any], float]) -> Callable[[Any], float]:
@@ -365,9 +365,15 @@ def reconcile(study) -> list[int]:
         tracking_uri=settings.get("tracking_uri"),
         experiment_id=settings.get("experiment_id"),
     )
-    by_run = {t.user_attrs.get(RUN_ATTR): t for t in study.get_trials(deepcopy=False)}
+    trials = study.get_trials(deepcopy=False)
+    by_run = {t.user_attrs.get(RUN_ATTR): t for t in trials}
+    by_number = {str(t.number): t for t in trials}
     for run in child_runs(settings["parent_run_id"], client=runs.client, status="RUNNING"):
         t = by_run.get(run.info.run_id)
+        if (
+            t is None and run.data.tags.get(STUDY_TAG) == study.study_name
+        ):  # lost before its id was saved
+            t = by_number.get(run.data.tags.get(TRIAL_TAG, ""))
         if t is not None and t.state.name in _STATES:
             err = (
                 f"worker {t.user_attrs.get(WORKER_ATTR)} died mid-trial"
@@ -662,9 +668,7 @@ def join_study(study_name: str, storage: str) -> SearchStudy:
         )
     backend = open_storage(storage)
     try:
-        study = optuna.load_study(
-            study_name=study_name, storage=backend, sampler=optuna.samplers.TPESampler()
-        )
+        study = optuna.load_study(study_name=study_name, storage=backend)
     except KeyError as exc:
         names = optuna.get_all_study_names(backend)
         raise SearchError(
@@ -676,6 +680,9 @@ def join_study(study_name: str, storage: str) -> SearchStudy:
             f"study {study_name!r} was not created by workbench.search (no {SETTINGS_ATTR!r} user attribute)"
         )
     settings = Settings(**raw)
+    # Samplers and pruners live in the process, not the storage: rebuild them. Each worker's
+    # sampler is seeded differently (by the OS), or all would propose the same points.
+    study.sampler = optuna.samplers.TPESampler()
     study.pruner = make_pruner(settings.pruner, settings.model_family)
     mlflow.set_tracking_uri(settings.tracking_uri)
     ds, split = _load_split(settings)
@@ -918,6 +925,11 @@ def worker_command(*, study: str, storage: str, n_trials: int | None, timeout: f
             f"study {study!r} has no planned number of trials: pass --trials N or --timeout S"
         )
     before = {t.number for t in s.study.get_trials(deepcopy=False)}
+    if n_trials is None and s.settings.n_trials and len(before) >= s.settings.n_trials:
+        print(
+            f"study {study!r} already has its {s.settings.n_trials} planned trials: nothing to do"
+        )
+        return 0
     s.optimize(n_trials=n_trials, timeout=timeout)
     mine = [
         t

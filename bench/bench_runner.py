@@ -79,7 +79,7 @@ def _batch(tmp: Path, env: dict[str, str]) -> Result:
         passed=one / two >= 1.6,
         detail=(
             f"{os.cpu_count()} cores; each job starts its own kernel, resumes the runner's run and "
-            "logs metrics; --jobs 1 runs in the command's process, --jobs 2 in a spawn process pool."
+            "logs metrics; --jobs 1 runs in the command's process, --jobs 2 in a process pool forked before the store is opened."
         ),
     )
 

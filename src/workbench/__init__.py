@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _MODULES = (
-    "cli", "compare", "config", "data", "doctor", "evaluation", "lab", "models", "registry", "reports",
+    "cli", "compare", "config", "data", "doctor", "errors", "evaluation", "lab", "models", "registry", "reports",
     "runner", "search", "server", "serving", "store", "tracking", "widgets",
 )  # fmt: skip
 __all__ = [*_MODULES, "__version__"]

@@ -10,11 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from workbench.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
-
-class UsageError(Exception):
-    """Bad usage or bad parameters: reported on stderr, exit code 2, nothing ran."""
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
 
 def _cmd_doctor(a: argparse.Namespace) -> int:

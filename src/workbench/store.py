@@ -127,7 +127,9 @@ def experiment_id(name: str, settings: Settings | None = None) -> str:
             if settings.artifact_root is not None:
                 location = (settings.artifact_root / _slug(name)).as_uri()
             try:
-                return client.create_experiment(name, artifact_location=location)
+                # Without this tag the MLflow 3 UI opens the experiment in its GenAI view.
+                tags = {"mlflow.experimentKind": "custom_model_development"}
+                return client.create_experiment(name, artifact_location=location, tags=tags)
             except MlflowException as exc:
                 # Another process (or machine) created it between our look-up and create.
                 exp = client.get_experiment_by_name(name)

@@ -66,6 +66,7 @@ STATE_TAG, TRIAL_TAG, STUDY_TAG = (
     "workbench.search.study",
 )
 RUN_ATTR, WORKER_ATTR, SETTINGS_ATTR = "mlflow_run_id", "worker", "workbench"
+ORIGIN_ATTR = "origin"  # "defaults" on the trial that starts from the family's usual settings
 HEARTBEAT_ENV = "WORKBENCH_SEARCH_HEARTBEAT"  # seconds between RDB heartbeats (default 10)
 PRUNERS = ("median", "halving", "none")
 _STATES = {
@@ -195,6 +196,8 @@ class TrialRuns:
             TRIAL_TAG: str(trial.number),
             STUDY_TAG: self.study_name,
         }
+        if origin := trial.user_attrs.get(ORIGIN_ATTR):
+            tags["workbench.trial.origin"] = origin
         trial.set_user_attr(WORKER_ATTR, worker_id())  # first: a lost trial can then be failed
         run = self.client.create_run(
             self.experiment_id, run_name=f"trial-{trial.number}", tags=tags
@@ -556,8 +559,13 @@ def create_study(
     study_name: str | None = None,
     n_trials: int | None = None,
     parent_run_id: str | None = None,
+    start_from_defaults: bool = True,
 ) -> SearchStudy:
     """Check everything, then create the study under the parent run (default: the active run).
+
+    With ``start_from_defaults`` the first trial tries the family's conventional settings
+    (e.g. xgboost's learning rate 0.1, depth 6), tagged ``workbench.trial.origin=defaults``:
+    the search starts from a known-good point and shows whether tuning beat the defaults.
 
     A malformed space, unknown family or pruner, or unusable dataset raises before any trial
     runs and before anything is logged.
@@ -618,6 +626,8 @@ def create_study(
             "or join it with `workbench search-worker`"
         ) from exc
     study.set_user_attr(SETTINGS_ATTR, asdict(settings))
+    if start_from_defaults and (point := resolved.start_point()):
+        study.enqueue_trial(point, user_attrs={ORIGIN_ATTR: "defaults"})
     bound = _bind(study, settings, storage, ds, split)
     _log_parent(client, parent_run_id, settings, name, storage, bound.objective.metric_name)
     return bound

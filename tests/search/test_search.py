@@ -20,7 +20,14 @@ def test_trials_are_nested_child_runs_with_states(tracking_uri, experiment_name)
         "C": ["float", 0.01, 10.0, "log"],
         "solver": ["categorical", "lbfgs", "no-such-solver"],
     }
-    s = search.create_study("logistic_regression", space=space, n_rows=800, pruner="none", seed=3)
+    s = search.create_study(
+        "logistic_regression",
+        space=space,
+        n_rows=800,
+        pruner="none",
+        seed=3,
+        start_from_defaults=False,
+    )
     s.study.enqueue_trial({"C": 1.0, "solver": "no-such-solver"})  # fails inside the estimator
     s.study.enqueue_trial({"C": 0.5, "solver": "lbfgs"})
     s.optimize(n_trials=4)
@@ -66,7 +73,9 @@ def test_pruner_prunes_hopeless_xgboost_trials(tracking_uri, experiment_name, pr
     run = tracking.start_run(experiment_name, algorithm="xgb-search")
     space = {"learning_rate": ["float", 0.05, 0.3, "log"], "colsample_bytree": ["float", 0.05, 1.0],
              "max_depth": ["int", 1, 6], "n_estimators": 200}  # fmt: skip
-    s = search.create_study("xgboost", space=space, n_rows=1500, pruner=pruner, seed=0)
+    s = search.create_study(
+        "xgboost", space=space, n_rows=1500, pruner=pruner, seed=0, start_from_defaults=False
+    )
     good = {"learning_rate": 0.2, "colsample_bytree": 1.0, "max_depth": 4}
     hopeless = {"learning_rate": 0.05, "colsample_bytree": 0.05, "max_depth": 1}  # 1 feature a tree
     for params in (good, good, good, hopeless, hopeless):

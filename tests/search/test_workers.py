@@ -100,7 +100,13 @@ def _killed_worker_scenario(storage: str, experiment_name: str, tmp_path: Path):
     run = tracking.start_run(experiment_name, algorithm="gbm-search")
     space = {"n_estimators": ["int", 5, 20000], "max_depth": 2}
     s = search.create_study(
-        "gradient_boosting", space=space, storage=storage, n_rows=800, pruner="none", seed=0
+        "gradient_boosting",
+        space=space,
+        storage=storage,
+        n_rows=800,
+        pruner="none",
+        seed=0,
+        start_from_defaults=False,
     )
     s.study.enqueue_trial(SLOW_TRIAL)
     s.study.enqueue_trial(FAST_TRIAL)

@@ -92,6 +92,8 @@ def test_compact_copy_predicts_the_same_and_leaves_the_model_alone(fitted):
     lean = models.compact(pipe)
     assert lean is not pipe and lean[-1].estimators_[0, 0].random_state is None
     assert pipe[-1].estimators_[0, 0].random_state is before, "the original is not changed"
-    np.testing.assert_array_equal(lean.predict_proba(split.X_test), pipe.predict_proba(split.X_test))
+    np.testing.assert_array_equal(
+        lean.predict_proba(split.X_test), pipe.predict_proba(split.X_test)
+    )
     logreg = make_pipeline(LogisticRegression(), split.X_train).fit(split.X_train, split.y_train)
     assert models.compact(logreg) is logreg

@@ -97,3 +97,22 @@ def test_compact_copy_predicts_the_same_and_leaves_the_model_alone(fitted):
     )
     logreg = make_pipeline(LogisticRegression(), split.X_train).fit(split.X_train, split.y_train)
     assert models.compact(logreg) is logreg
+
+
+def test_skops_archive_is_made_once_and_skops_is_left_as_it_was(fitted, tmp_path):
+    import skops.io as sio
+
+    pipe, split = fitted
+    lean = models.compact(pipe)
+    payload = models.skops_bytes(lean)
+    original = sio.dump
+    with models._skops_dump_from(lean, payload):
+        sio.dump(lean, tmp_path / "ours.skops")  # what MLflow calls while saving
+        sio.dump(pipe, tmp_path / "other.skops")  # any other object still goes to skops
+    assert sio.dump is original
+    assert (tmp_path / "ours.skops").read_bytes() == payload
+    trusted = models.trusted_types(lean, payload)
+    for name in ("ours.skops", "other.skops"):
+        back = sio.load(tmp_path / name, trusted=sio.get_untrusted_types(file=tmp_path / name))
+        np.testing.assert_array_equal(back.predict(split.X_test), pipe.predict(split.X_test))
+    assert trusted == sorted(sio.get_untrusted_types(file=tmp_path / "ours.skops"))

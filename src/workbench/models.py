@@ -8,6 +8,9 @@ Two facts measured on MLflow 3.17 drive this module:
 * sklearn models are saved with skops, which refuses types it does not trust; a
   GradientBoosting pipeline fails to log unless its exact trusted types are given. We
   compute that exact list from the model itself; we never fall back to pickle silently.
+* skops writes its schema with indented JSON (Python's slow encoder) and each ensemble tree
+  carries a 624-integer random state: we serialize a compact copy once, with the fast
+  encoder, and hand those bytes to MLflow's save (which still loads them back to check).
 
 Loading checks the trusted types written in the model against an allow-list of packages
 before it lets MLflow deserialize anything.
@@ -26,6 +29,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -78,19 +82,18 @@ def _uses_module(model, module: str) -> bool:
     return any(type(p).__module__.split(".")[0] == module for p in parts)
 
 
-def trusted_types(model) -> list[str]:
-    """The exact types skops must be told to trust to load this model back.
+def skops_bytes(model) -> bytes:
+    """The model as a skops archive, written with the fast JSON encoder.
 
-    skops answers this from a dump of the model. ``skops.io.dumps`` writes its schema with
-    ``json.dumps(indent=2)``, which takes Python's slow encoder path (0.6 s for a 150-tree
-    boosting pipeline); we build the same archive with the fast encoder, about 5x quicker.
+    ``skops.io.dumps`` writes its schema with ``json.dumps(indent=2)``, which takes Python's
+    slow encoder path (about 0.9 s of a 150-tree boosting pipeline's 1 s); the compact
+    encoder gives the same archive, readable by ``skops.io.load``, several times faster.
     """
     import io
     import json
     from zipfile import ZipFile
 
     import skops
-    import skops.io as sio
     from skops.io._persist import SaveContext, get_state
 
     try:
@@ -102,7 +105,7 @@ def trusted_types(model) -> list[str]:
             state["protocol"] = context.protocol
             state["_skops_version"] = skops.__version__
             zip_file.writestr("schema.json", json.dumps(state))
-        return sorted(sio.get_untrusted_types(data=buffer.getvalue()))
+        return buffer.getvalue()
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix attached
         raise ModelLoggingError(
             f"skops cannot serialize {type(model).__name__}: {exc}\n"
@@ -110,6 +113,38 @@ def trusted_types(model) -> list[str]:
             "mlflow.sklearn.log_model(..., serialization_format='cloudpickle') knowing that "
             "loading a pickle runs arbitrary code."
         ) from exc
+
+
+def trusted_types(model, payload: bytes | None = None) -> list[str]:
+    """The exact types skops must be told to trust to load this model back."""
+    import skops.io as sio
+
+    return sorted(sio.get_untrusted_types(data=payload or skops_bytes(model)))
+
+
+@contextmanager
+def _skops_dump_from(model, payload: bytes):
+    """While MLflow saves ``model``, let ``skops.io.dump`` write the archive we already made
+    instead of serializing the model a second time (and slowly). Any other object, or any
+    call with options, goes to skops unchanged."""
+    import skops.io as sio
+
+    original = sio.dump
+
+    def dump(obj, file, **kwargs):
+        if obj is not model or kwargs:
+            return original(obj, file, **kwargs)
+        if hasattr(file, "write"):
+            file.write(payload)
+        else:
+            Path(file).write_bytes(payload)
+        return None
+
+    sio.dump = dump
+    try:
+        yield
+    finally:
+        sio.dump = original
 
 
 def compact(model):
@@ -182,17 +217,19 @@ def log_model(
         warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(sample, model.predict(sample))
     lean = compact(model)
-    return mlflow.sklearn.log_model(
-        lean,
-        name=name,
-        serialization_format="skops",
-        skops_trusted_types=trusted_types(lean),
-        pip_requirements=[*requirements_for(model), *extra_requirements],
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_model_name,
-        tags=tags,
-    )
+    payload = skops_bytes(lean)
+    with _skops_dump_from(lean, payload):
+        return mlflow.sklearn.log_model(
+            lean,
+            name=name,
+            serialization_format="skops",
+            skops_trusted_types=trusted_types(lean, payload),
+            pip_requirements=[*requirements_for(model), *extra_requirements],
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_model_name,
+            tags=tags,
+        )
 
 
 @contextmanager

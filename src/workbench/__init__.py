@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 _MODULES = (
     "cli", "compare", "config", "data", "doctor", "errors", "evaluation", "lab", "models", "registry", "reports",
-    "runner", "search", "server", "serving", "store", "tracking", "widgets",
+    "runner", "search", "search_finish", "search_runs", "search_storage", "server", "serving", "store",
+    "tracking", "widgets",
 )  # fmt: skip
 __all__ = [*_MODULES, "__version__"]
 

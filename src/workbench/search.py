@@ -14,6 +14,10 @@ heartbeat fails the trials of a lost worker). ``workbench search-worker --study 
 --storage URL`` joins a study: everything it needs (parent run, store, model family, space,
 dataset) is in the study's user attributes.
 
+The pieces live in ``search_storage`` (storage URLs), ``search_runs`` (trials as child runs,
+lost-trial sweep) and ``search_finish`` (best model, plots); their public names are
+re-exported here.
+
 Example::
 
     run = tracking.start_run("churn-search", algorithm="xgboost-search")
@@ -28,381 +32,72 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.search_finish import PLOTS, SearchResult, finish_study
+from workbench.search_runs import (
+    ORIGIN_ATTR,
+    RUN_ATTR,
+    SETTINGS_ATTR,
+    STATE_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    WORKER_ATTR,
+    TrialRuns,
+    child_runs,
+    reconcile,
+    worker_id,
+)
+from workbench.search_storage import (
+    HEARTBEAT_ENV,
+    SearchError,
+    normalize_storage,
+    open_storage,
+    redact_url,
+    storage_kind,
+)
 from workbench.spaces import (
     METRICS,
     Objective,
     SearchSpaceError,
     family_name,
-    make_estimator,
     make_problem,
     resolve_space,
 )
 
 __all__ = [
+    "HEARTBEAT_ENV",
+    "PLOTS",
+    "RUN_ATTR",
+    "STATE_TAG",
+    "TRIAL_TAG",
     "SearchError",
+    "SearchResult",
     "SearchSpaceError",
     "SearchStudy",
     "TrialRuns",
     "child_runs",
     "create_study",
+    "finish_study",
     "join_study",
+    "normalize_storage",
     "open_storage",
+    "reconcile",
+    "redact_url",
     "run_search",
     "start_workers",
+    "storage_kind",
+    "wait_workers",
     "worker_command",
+    "worker_id",
 ]
 
-STATE_TAG, TRIAL_TAG, STUDY_TAG = (
-    "workbench.trial.state",
-    "workbench.trial.number",
-    "workbench.search.study",
-)
-RUN_ATTR, WORKER_ATTR, SETTINGS_ATTR = "mlflow_run_id", "worker", "workbench"
-ORIGIN_ATTR = "origin"  # "defaults" on the trial that starts from the family's usual settings
-HEARTBEAT_ENV = "WORKBENCH_SEARCH_HEARTBEAT"  # seconds between RDB heartbeats (default 10)
 PRUNERS = ("median", "halving", "none")
-_STATES = {
-    "COMPLETE": ("complete", "FINISHED"),
-    "PRUNED": ("pruned", "KILLED"),
-    "FAIL": ("failed", "FAILED"),
-}
-
-
-class SearchError(RuntimeError):
-    """The search cannot run or finish as asked; the message says what to do."""
-
-
-# ---------------------------------------------------------------- storage
-
-
-def storage_kind(url: str | None) -> str:
-    """``memory``, ``journal`` or ``rdb``."""
-    if not url or url == "memory":
-        return "memory"
-    return "journal" if url.startswith("journal:") else "rdb"
-
-
-def normalize_storage(url: str | None) -> str | None:
-    """The storage URL as workers elsewhere must see it: a journal path made absolute,
-    ``postgresql://`` spelled ``postgresql+psycopg://`` (psycopg 3 is what is installed)."""
-    kind = storage_kind(url)
-    if kind == "memory":
-        return None
-    if kind == "journal":
-        path = Path(url.removeprefix("journal:").removeprefix("//")).expanduser().resolve()
-        return f"journal:{path}"
-    for old in ("postgresql://", "postgres://"):
-        if url.startswith(old):
-            return "postgresql+psycopg://" + url[len(old) :]
-    return url
-
-
-def open_storage(url: str | None, *, heartbeat_interval: int | None = None):
-    """An Optuna storage for ``url``: None (in memory), ``journal:PATH`` or an RDB URL.
-
-    RDB storages get a heartbeat (``heartbeat_interval`` s, default ``$WORKBENCH_SEARCH_HEARTBEAT``
-    or 10) so the trial of a killed worker is failed and its child run closed. ``postgresql://``
-    becomes ``postgresql+psycopg://`` (psycopg 3 is what is installed).
-    """
-    import optuna
-
-    url = normalize_storage(url)
-    kind = storage_kind(url)
-    if kind == "memory":
-        return None
-    if kind == "journal":
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(path)))
-    hb = heartbeat_interval or int(os.environ.get(HEARTBEAT_ENV, "10"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=hb, heartbeat_stale_trial_callback=_close_stale_trial
-            )
-    except Exception as exc:
-        raise SearchError(
-            f"cannot open the study storage {redact_url(url)}: {exc}\n"
-            "fix: check the URL (e.g. postgresql+psycopg://user:pw@host:5432/db) and that the "
-            "database is reachable, or use journal:PATH on one machine"
-        ) from exc
-
-
-def redact_url(url: str | None) -> str:
-    """The storage URL without its password, fit to log."""
-    if storage_kind(url) != "rdb":
-        return url or "memory"
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
-
-# ---------------------------------------------------------------- trials as child runs
-
-
-class TrialRuns:
-    """Log each Optuna trial as a nested MLflow child run; an Optuna callback.
-
-    ``track(objective)`` opens the child run when the trial starts (so a running or lost
-    trial is visible), and the callback logs parameters, metrics, state and duration when it
-    ends. Used as a callback alone it records finished trials after the fact. Thread- and
-    process-safe: every call goes through ``MlflowClient`` with explicit run ids.
-
-    Example::
-
-        runs = TrialRuns(parent_run_id=parent.run_id, metric_name="cv_roc_auc")
-        study.optimize(runs.track(objective), n_trials=20, n_jobs=2, callbacks=[runs])
-    """
-
-    def __init__(
-        self,
-        parent_run_id: str,
-        *,
-        tracking_uri: str | None = None,
-        experiment_id: str | None = None,
-        metric_name: str = "value",
-        study_name: str = "",
-    ):
-        import mlflow
-
-        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        self.parent_run_id = parent_run_id
-        self.experiment_id = experiment_id or self.client.get_run(parent_run_id).info.experiment_id
-        self.metric_name, self.study_name = metric_name, study_name
-        self._done: set[str] = set()
-        self._lock = threading.Lock()
-
-    def start(self, trial) -> str:
-        """Create the child run of ``trial`` (RUNNING) and remember its id on the trial."""
-        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-        tags = {
-            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-            STATE_TAG: "running",
-            TRIAL_TAG: str(trial.number),
-            STUDY_TAG: self.study_name,
-        }
-        if origin := trial.user_attrs.get(ORIGIN_ATTR):
-            tags["workbench.trial.origin"] = origin
-        trial.set_user_attr(WORKER_ATTR, worker_id())  # first: a lost trial can then be failed
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{trial.number}", tags=tags
-        )
-        trial.set_user_attr(RUN_ATTR, run.info.run_id)
-        return run.info.run_id
-
-    def track(self, objective: Callable[[Any], float]) -> Callable[[Any], float]:
-        """Wrap ``objective`` so each trial opens its child run first, and a trial that raises
-        is closed FAILED even when Optuna re-raises before calling the callbacks."""
-        import optuna
-
-        def tracked(trial) -> float:
-            run_id = self.start(trial)
-            try:
-                return objective(trial)
-            except optuna.TrialPruned:
-                raise
-            except Exception as exc:
-                self.finish_run(
-                    run_id, "FAIL", params=trial.params, error=f"{type(exc).__name__}: {exc}"
-                )
-                raise
-
-        return tracked
-
-    def __call__(self, study, trial) -> None:
-        state = trial.state.name
-        if state not in _STATES:
-            return
-        run_id = trial.user_attrs.get(RUN_ATTR)
-        if run_id is None:  # used as a callback alone: record the finished trial now
-            from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-            start = int(trial.datetime_start.timestamp() * 1000) if trial.datetime_start else None
-            run_id = self.client.create_run(
-                self.experiment_id,
-                start_time=start,
-                run_name=f"trial-{trial.number}",
-                tags={
-                    MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                    TRIAL_TAG: str(trial.number),
-                    STUDY_TAG: self.study_name,
-                },
-            ).info.run_id
-        self.finish_run(run_id, state, trial=trial)
-
-    def finish_run(
-        self, run_id: str, state: str, *, trial=None, params=None, error: str | None = None
-    ) -> None:
-        """Log the outcome of a trial to its child run and terminate it (once)."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        with self._lock:
-            if run_id in self._done:
-                return
-            self._done.add(run_id)
-        label, status = _STATES[state]
-        now = int(time.time() * 1000)
-        metrics, tags = [], [RunTag(STATE_TAG, label)]
-        if error:
-            tags.append(RunTag("workbench.trial.error", error[:5000]))
-        if trial is not None:
-            params = trial.params
-            attrs = trial.user_attrs
-            if state == "COMPLETE" and trial.value is not None:
-                metrics.append(Metric(self.metric_name, float(trial.value), now, 0))
-                if "score_std" in attrs:
-                    metrics.append(
-                        Metric(f"{self.metric_name}_std", float(attrs["score_std"]), now, 0)
-                    )
-            if "n_rounds" in attrs:
-                metrics.append(Metric("n_rounds", float(attrs["n_rounds"]), now, 0))
-            if trial.datetime_start and trial.datetime_complete:
-                seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-                metrics.append(Metric("duration_s", seconds, now, 0))
-            steps = sorted(trial.intermediate_values.items())
-            metrics += [Metric("intermediate_value", float(v), now, int(s)) for s, v in steps]
-            if state == "PRUNED" and steps:
-                metrics.append(Metric("pruned_at_step", float(steps[-1][0]), now, 0))
-        items = [Param(k, str(v)) for k, v in (params or {}).items()]
-        for i in range(0, max(len(metrics), 1), 1000):
-            self.client.log_batch(
-                run_id,
-                metrics=metrics[i : i + 1000],
-                params=items if i == 0 else [],
-                tags=tags if i == 0 else [],
-            )
-        self.client.set_terminated(run_id, status=status, end_time=now)
-
-
-def worker_id() -> str:
-    """``host:pid:start`` of this process (start time tells a reused pid apart)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_proc_start(os.getpid())}"
-
-
-def _proc_start(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _worker_dead(worker: str) -> bool:
-    """True when ``worker`` ran on this host and its process is gone (or a zombie)."""
-    try:
-        host, pid, start = worker.rsplit(":", 2)
-        pid_n = int(pid)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return False  # another machine: only the RDB heartbeat can tell
-    try:
-        os.kill(pid_n, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid_n}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return stat[0] == "Z" or (bool(start) and stat[19] != start)
-
-
-def _close_stale_trial(study, trial) -> None:
-    """Heartbeat-stale callback: Optuna failed ``trial``; close its child run FAILED."""
-    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
-    run_id = trial.user_attrs.get(RUN_ATTR)
-    if run_id and settings.get("parent_run_id"):
-        runs = TrialRuns(
-            settings["parent_run_id"],
-            tracking_uri=settings.get("tracking_uri"),
-            experiment_id=settings.get("experiment_id"),
-        )
-        runs.finish_run(
-            run_id, "FAIL", params=trial.params, error="worker lost: its heartbeat went stale"
-        )
-
-
-def reconcile(study) -> list[int]:
-    """Fail trials whose worker died (heartbeat for RDB; process check for a journal on this
-    host) and close every child run still RUNNING whose trial has finished. Returns the
-    numbers of the trials it failed. Workers call it when they start and stop."""
-    import optuna
-    from optuna.trial import TrialState
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # RDB with heartbeat: calls _close_stale_trial
-    from optuna.storages.journal import JournalStorage
-
-    failed = []
-    journal = isinstance(study._storage, JournalStorage)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if journal else []:
-        worker = t.user_attrs.get(WORKER_ATTR)
-        if worker and _worker_dead(worker):
-            try:
-                if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                    failed.append(t.number)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
-    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
-    if not settings.get("parent_run_id"):
-        return failed
-    runs = TrialRuns(
-        settings["parent_run_id"],
-        tracking_uri=settings.get("tracking_uri"),
-        experiment_id=settings.get("experiment_id"),
-    )
-    trials = study.get_trials(deepcopy=False)
-    by_run = {t.user_attrs.get(RUN_ATTR): t for t in trials}
-    by_number = {str(t.number): t for t in trials}
-    for run in child_runs(settings["parent_run_id"], client=runs.client, status="RUNNING"):
-        t = by_run.get(run.info.run_id)
-        if (
-            t is None and run.data.tags.get(STUDY_TAG) == study.study_name
-        ):  # lost before its id was saved
-            t = by_number.get(run.data.tags.get(TRIAL_TAG, ""))
-        if t is not None and t.state.name in _STATES:
-            err = (
-                f"worker {t.user_attrs.get(WORKER_ATTR)} died mid-trial"
-                if t.state.name == "FAIL"
-                else None
-            )
-            runs.finish_run(run.info.run_id, t.state.name, params=t.params, error=err)
-    return failed
-
-
-def child_runs(parent_run_id: str, *, client=None, status: str | None = None) -> list:
-    """The child runs of a parent run (all pages), optionally only those with ``status``."""
-    import mlflow
-
-    client = client or mlflow.MlflowClient()
-    exp = client.get_run(parent_run_id).info.experiment_id
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (
-        f" and attributes.status = '{status}'" if status else ""
-    )
-    out, token = [], None
-    while True:
-        page = client.search_runs([exp], query, max_results=1000, page_token=token)
-        out += list(page)
-        token = page.token
-        if not token:
-            return out
 
 
 # ---------------------------------------------------------------- studies
@@ -697,150 +392,6 @@ def join_study(study_name: str, storage: str) -> SearchStudy:
     mlflow.set_tracking_uri(settings.tracking_uri)
     ds, split = _load_split(settings)
     return _bind(study, settings, storage, ds, split)
-
-
-@dataclass
-class SearchResult:
-    """What a finished search produced."""
-
-    study_name: str
-    parent_run_id: str
-    metric_name: str
-    best_value: float
-    best_params: dict[str, Any]
-    best_trial: int
-    best_run_id: str | None
-    counts: dict[str, int]
-    model_uri: str | None = None
-    val_metrics: dict[str, float] = field(default_factory=dict)
-    figures: list[str] = field(default_factory=list)
-
-
-PLOTS = (
-    "optimization_history",
-    "param_importances",
-    "parallel_coordinate",
-    "slice",
-    "intermediate_values",
-)
-
-
-def finish_study(s: SearchStudy, *, log_model: bool = True, plots: bool = True) -> SearchResult:
-    """See ``SearchStudy.finish``. Model and figures go to the parent run, made active here
-    if it is not (a parent this function resumes is ended FINISHED afterwards)."""
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.exceptions import MlflowException
-
-    reconcile(s.study)
-    counts = s.counts()
-    if not counts["complete"]:
-        raise SearchError(
-            f"no trial of study {s.name!r} completed ({counts}); look at the failed child runs' "
-            "workbench.trial.error tags, widen the space, or run more trials"
-        ) from None
-    best = s.study.best_trial
-    metric, client, now = s.objective.metric_name, s.runs.client, int(time.time() * 1000)
-    best_run = best.user_attrs.get(RUN_ATTR)
-    metrics = [
-        Metric("best_value", best.value, now, 0),
-        Metric(f"best_{metric}", best.value, now, 0),
-    ]
-    metrics += [
-        Metric(f"n_trials_{k}", float(v), now, 0) for k, v in counts.items() if k != "running"
-    ]
-    tags = [
-        RunTag("workbench.search.best_trial", str(best.number)),
-        RunTag("workbench.search.best_run_id", best_run or ""),
-    ]
-    params = [Param(f"best_{k}", str(v)) for k, v in best.params.items()]
-    try:
-        client.log_batch(s.settings.parent_run_id, metrics=metrics, params=params, tags=tags)
-    except MlflowException:  # finished twice: params are immutable, keep metrics and tags fresh
-        client.log_batch(s.settings.parent_run_id, metrics=metrics, tags=tags)
-    if best_run:
-        client.set_tag(best_run, "workbench.search.best", "true")
-    result = SearchResult(
-        s.name,
-        s.settings.parent_run_id,
-        metric,
-        float(best.value),
-        dict(best.params),
-        best.number,
-        best_run,
-        counts,
-    )
-    if not (log_model or plots):
-        return result
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id != s.settings.parent_run_id:
-        raise SearchError(
-            f"run {active.info.run_id} is active, not the study's parent {s.settings.parent_run_id}"
-        )
-    resumed = active is None
-    if resumed:
-        mlflow.start_run(run_id=s.settings.parent_run_id)
-    try:
-        if log_model:
-            result.model_uri, result.val_metrics = _refit(s, best)
-        if plots:
-            result.figures = _log_plots(s.study)
-    finally:
-        if resumed:
-            mlflow.end_run()
-    return result
-
-
-def _refit(s: SearchStudy, best) -> tuple[str, dict[str, float]]:
-    """Refit the best configuration on the training split as a raw-rows pipeline, evaluate it
-    on the validation split and log it with the workbench's fast, safe model logging."""
-    from workbench.data import make_pipeline
-    from workbench.evaluation import evaluate_classifier
-    from workbench.models import log_model
-
-    params = {**s.objective.space.fixed, **best.params}
-    est = make_estimator(
-        s.settings.model_family,
-        params,
-        seed=s.settings.seed,
-        n_estimators=best.user_attrs.get("n_rounds"),
-    )
-    model = make_pipeline(est, s.split.X_train).fit(s.split.X_train, s.split.y_train)
-    metrics = evaluate_classifier(model, s.split.X_val, s.split.y_val, prefix="val_")
-    info = log_model(
-        model, s.split.X_train, name="model", tags={"workbench.search.best_trial": str(best.number)}
-    )
-    return info.model_uri, metrics
-
-
-def _log_plots(study) -> list[str]:
-    """Log Optuna's matplotlib plots as figures; a plot the study cannot support is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import mlflow
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-
-    logged = []
-    for name in PLOTS:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = getattr(ovm, f"plot_{name}")(study)
-        except (ValueError, RuntimeError, ZeroDivisionError, optuna.exceptions.OptunaError) as exc:
-            warnings.warn(f"skipped the {name} plot: {exc}", stacklevel=2)
-            continue
-        axes = out.ravel()[0] if hasattr(out, "ravel") else out
-        fig = axes.figure
-        fig.set_size_inches(max(fig.get_size_inches()[0], 7), max(fig.get_size_inches()[1], 4))
-        path = f"search/{name}.png"
-        mlflow.log_figure(fig, path)
-        plt.close(fig)
-        logged.append(path)
-    mlflow.log_text(study.trials_dataframe().to_csv(index=False), "search/trials.csv")
-    return logged
 
 
 # ---------------------------------------------------------------- one call, workers

@@ -13,15 +13,36 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_MODULES = (
-    "cli", "compare", "config", "data", "doctor", "errors", "evaluation", "lab", "models", "registry", "reports",
-    "runner", "search", "search_finish", "search_runs", "search_storage", "server", "serving", "store",
-    "tracking", "widgets",
-)  # fmt: skip
-__all__ = [*_MODULES, "__version__"]
+# The modules notebooks and users reach for; the rest (compare_*, search_*, batch, jobs,
+# notebook_*, ports, serving_*) are their parts, importable all the same.
+__all__ = [
+    "__version__",
+    "cli",
+    "compare",
+    "config",
+    "data",
+    "doctor",
+    "evaluation",
+    "lab",
+    "models",
+    "registry",
+    "reports",
+    "runner",
+    "search",
+    "server",
+    "serving",
+    "store",
+    "tracking",
+    "widgets",
+]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        return importlib.import_module(f"workbench.{name}")
+    """``workbench.tracking`` and friends, imported on first use."""
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f"workbench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"workbench.{name}":
+                raise
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")

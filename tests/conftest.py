@@ -71,3 +71,52 @@ def pytest_configure(config):
 # nbval runs the product's notebooks (notebooks/); the fixture notebooks under tests/ fail on
 # purpose and are executed by the runner tests, never collected as notebooks themselves.
 collect_ignore_glob = ["*.ipynb", "*/*.ipynb", "*/*/*.ipynb", "*/*/*/*.ipynb"]
+
+
+# ------------------------------------------------------------------ a real browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+def _installer_running() -> bool:
+    """True while scripts/install-test-deps.sh (or an apt-get/dpkg it started) runs."""
+    import subprocess
+
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return any(word in out for word in ("install-test-deps", "apt-get install", "dpkg"))
+
+
+@pytest.fixture
+def chromium():
+    """Debian's chromium, launched headless by Playwright (never a downloaded browser).
+
+    Waits while scripts/install-test-deps.sh may still be installing it; skips, or fails
+    under CI, when chromium or the playwright package is missing. Closed after the test.
+    """
+    import time
+
+    deadline = time.monotonic() + 180
+    while not CHROMIUM.exists() and time.monotonic() < deadline and _installer_running():
+        time.sleep(3)
+    missing = None
+    if not CHROMIUM.exists():
+        missing = f"{CHROMIUM} not found: run scripts/install-test-deps.sh (make test-deps)"
+    else:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            missing = "the playwright Python package is missing: pip install -e '.[dev]'"
+    if missing:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true: {missing}")
+        pytest.skip(missing)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

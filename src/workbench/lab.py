@@ -14,11 +14,9 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from workbench import server
+from workbench import ports, server
 from workbench.config import get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -41,26 +39,22 @@ def jupyter_command(host: str, port: int, root: Path) -> list[str]:
 
 def jupyter_ready(url: str, token: str, timeout: float = 3.0) -> bool:
     """True when Jupyter answers an authenticated API call."""
-    req = urllib.request.Request(f"{url}/api/status", headers={"Authorization": f"token {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return ports.answers(
+        f"{url}/api/status", timeout=timeout, headers={"Authorization": f"token {token}"}
+    )
 
 
 def _wait_jupyter(proc: subprocess.Popen, url: str, token: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not jupyter_ready(url, token):
-        if proc.poll() is not None:
-            raise server.ServerError(
-                f"JupyterLab exited with code {proc.returncode}.\nlog ({log}):\n{server._log_tail(log)}"
-            )
-        if time.monotonic() > deadline:
-            raise server.ServerError(
-                f"JupyterLab did not answer {url} within {START_TIMEOUT_S:.0f} s; log: {log}"
-            )
-        time.sleep(0.5)
+    headers = {"Authorization": f"token {token}"}
+    if ports.wait_http(f"{url}/api/status", proc=proc, timeout=START_TIMEOUT_S, headers=headers):
+        return
+    if proc.poll() is not None:
+        raise server.ServerError(
+            f"JupyterLab exited with code {proc.returncode}.\nlog ({log}):\n{server._log_tail(log)}"
+        )
+    raise server.ServerError(
+        f"JupyterLab did not answer {url} within {START_TIMEOUT_S:.0f} s; log: {log}"
+    )
 
 
 def main(*, port: int = 8888, ui_port: int = 5000, host: str = "127.0.0.1") -> int:
@@ -73,7 +67,7 @@ def main(*, port: int = 8888, ui_port: int = 5000, host: str = "127.0.0.1") -> i
     logs = server.state_dir()
     lab_log, ui_log = logs / f"lab-{port}.log", logs / f"ui-{ui_port}.log"
     for p, what in ((port, "--port"), (ui_port, "--ui-port")):
-        if not server.port_free(host, p):
+        if not ports.port_free(host, p):
             print(
                 f"workbench lab: port {p} on {host} is already in use; choose another with {what}",
                 file=sys.stderr,

@@ -31,12 +31,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from workbench.config import get_settings
+from workbench.ports import answers, port_free, wait_http
+from workbench.ports import free_port as free_port  # server.free_port: tests, benchmarks
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STATE_DIRNAME = ".workbench"
@@ -108,25 +108,6 @@ def allowed_hosts(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def port_free(host: str, port: int) -> bool:
-    """True when nothing listens on ``host:port``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (for tests and benchmarks)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def client_url(host: str, port: int) -> str:
     """The URL clients on this machine use for a server bound to ``host``."""
     if host in ("0.0.0.0", "::", "localhost"):
@@ -136,11 +117,7 @@ def client_url(host: str, port: int) -> str:
 
 def health(url: str, timeout: float = 3.0) -> bool:
     """True when ``url``/health answers 200 (unauthenticated even with basic auth on)."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return answers(url.rstrip("/") + "/health", timeout=timeout)
 
 
 # ------------------------------------------------------------------ process groups
@@ -434,19 +411,16 @@ def launch(
         fh.write("command: " + shlex.join(mask_uri(c) for c in cmd) + "\n")
     proc = spawn(cmd, env=env, log=log, cwd=folder)
     url = client_url(host, port)
-    deadline = time.monotonic() + timeout
     try:
-        while not health(url, timeout=2):
+        if not wait_http(url + "/health", proc=proc, timeout=timeout):
             if proc.poll() is not None:
                 raise ServerError(
                     f"mlflow server exited with code {proc.returncode} before answering.\n"
                     f"log ({log}):\n{_log_tail(log)}"
                 )
-            if time.monotonic() > deadline:
-                raise ServerError(
-                    f"mlflow server did not answer {url}/health within {timeout:.0f} s.\nlog ({log}):\n{_log_tail(log)}"
-                )
-            time.sleep(0.5)
+            raise ServerError(
+                f"mlflow server did not answer {url}/health within {timeout:.0f} s.\nlog ({log}):\n{_log_tail(log)}"
+            )
     except BaseException:
         stop_group(proc.pid)
         raise
@@ -635,17 +609,15 @@ def wait_healthy(
     proc: subprocess.Popen, url: str, log: Path, timeout: float = START_TIMEOUT_S
 ) -> None:
     """Wait until ``url``/health answers; raise ServerError if the process dies or times out."""
-    deadline = time.monotonic() + timeout
-    while not health(url, timeout=2):
-        if proc.poll() is not None:
-            raise ServerError(
-                f"the MLflow UI exited with code {proc.returncode}.\nlog ({log}):\n{_log_tail(log)}"
-            )
-        if time.monotonic() > deadline:
-            raise ServerError(
-                f"the MLflow UI did not answer {url} within {timeout:.0f} s.\nlog ({log}):\n{_log_tail(log)}"
-            )
-        time.sleep(0.5)
+    if wait_http(url.rstrip("/") + "/health", proc=proc, timeout=timeout):
+        return
+    if proc.poll() is not None:
+        raise ServerError(
+            f"the MLflow UI exited with code {proc.returncode}.\nlog ({log}):\n{_log_tail(log)}"
+        )
+    raise ServerError(
+        f"the MLflow UI did not answer {url} within {timeout:.0f} s.\nlog ({log}):\n{_log_tail(log)}"
+    )
 
 
 @contextlib.contextmanager

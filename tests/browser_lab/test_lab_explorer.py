@@ -15,53 +15,19 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from workbench.ports import free_port, wait_http
+
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 RUN_NAMES = [f"browser-run-{i}" for i in range(6)]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(300)]
-
-
-def _chromium(ci: bool) -> Path:
-    """Debian's chromium; scripts/install-test-deps.sh may still be installing it."""
-    deadline = time.monotonic() + 120
-    while not CHROMIUM.exists() and time.monotonic() < deadline and _installer_running():
-        time.sleep(3)
-    if not CHROMIUM.exists():
-        message = "Debian's chromium is not installed (run scripts/install-test-deps.sh)"
-        if ci:
-            pytest.fail(message)
-        pytest.skip(message)
-    return CHROMIUM
-
-
-def _installer_running() -> bool:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return "install-test-deps" in out or "apt-get install" in out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _log_runs(experiment: str) -> None:
@@ -91,7 +57,7 @@ def lab(tmp_path, tracking_uri):
     root = tmp_path / "notebooks"
     root.mkdir()
     shutil.copy(ROOT / "notebooks" / "04-compare-runs.ipynb", root)
-    token, port = secrets.token_hex(16), _free_port()
+    token, port = secrets.token_hex(16), free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
@@ -124,17 +90,10 @@ def lab(tmp_path, tracking_uri):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(f"{base}/api/status?token={token}")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"JupyterLab did not start:\n{(tmp_path / 'jupyter.log').read_text()}"
-                    ) from None
-                time.sleep(0.5)
+        if not wait_http(f"{base}/api/status?token={token}", proc=proc, timeout=60):
+            raise RuntimeError(
+                f"JupyterLab did not start:\n{(tmp_path / 'jupyter.log').read_text()}"
+            )
         yield base, token
     finally:
         try:  # shut the kernels down through the API, then the server
@@ -155,71 +114,64 @@ def lab(tmp_path, tracking_uri):
         log.close()
 
 
-def test_explorer_in_jupyterlab(lab, tmp_path, ci):
+def test_explorer_in_jupyterlab(lab, chromium, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    executable = _chromium(ci)
     base, token = lab
     shot = tmp_path / "lab-explorer.png"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(executable), args=CHROMIUM_ARGS, headless=True
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{base}/lab/tree/04-compare-runs.ipynb?token={token}")
+        expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible(timeout=60_000)
+        # JupyterLab may ask which kernel to start: take the proposed one (python3).
+        select_kernel = page.locator(".jp-Dialog").get_by_role("button", name="Select")
+        with contextlib.suppress(PlaywrightTimeout):
+            select_kernel.click(timeout=10_000)
+        expect(page.locator(".jp-StatusBar-TextItem", has_text="Idle").first).to_be_visible(
+            timeout=60_000
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{base}/lab/tree/04-compare-runs.ipynb?token={token}")
-            expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible(timeout=60_000)
-            # JupyterLab may ask which kernel to start: take the proposed one (python3).
-            select_kernel = page.locator(".jp-Dialog").get_by_role("button", name="Select")
-            with contextlib.suppress(PlaywrightTimeout):
-                select_kernel.click(timeout=10_000)
-            expect(page.locator(".jp-StatusBar-TextItem", has_text="Idle").first).to_be_visible(
-                timeout=60_000
-            )
 
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
-            table = page.locator(".wb-runs-table")
-            expect(table).to_be_visible(timeout=150_000)
-            for name in RUN_NAMES:
-                expect(table).to_contain_text(name)
+        table = page.locator(".wb-runs-table")
+        expect(table).to_be_visible(timeout=150_000)
+        for name in RUN_NAMES:
+            expect(table).to_contain_text(name)
 
-            select = page.locator(".wb-run-select select")
-            labels = select.locator("option").all_inner_texts()
-            wanted = [
-                i
-                for i, text in enumerate(labels)
-                if text.split()[0] in ("browser-run-5", "browser-run-2")
-            ]
-            assert len(wanted) == 2, labels
-            select.select_option(index=wanted)
+        select = page.locator(".wb-run-select select")
+        labels = select.locator("option").all_inner_texts()
+        wanted = [
+            i
+            for i, text in enumerate(labels)
+            if text.split()[0] in ("browser-run-5", "browser-run-2")
+        ]
+        assert len(wanted) == 2, labels
+        select.select_option(index=wanted)
 
-            diff = page.locator(".wb-diff")
-            expect(diff).to_contain_text("What differs between the two runs", timeout=60_000)
-            overlay = page.locator(".wb-overlay")
-            overlay.scroll_into_view_if_needed()
-            page.wait_for_function(
-                "el => el.complete && el.naturalWidth > 200",
-                arg=overlay.element_handle(),
-                timeout=30_000,
-            )
-            page.screenshot(path=str(shot))
-            # no cell of the notebook failed
-            assert (
-                page.locator(
-                    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg"
-                ).count()
-                == 0
-            )
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            if os.environ.get("WORKBENCH_KEEP_SCREENSHOT"):
-                shutil.copy(tmp_path / "failure.png", os.environ["WORKBENCH_KEEP_SCREENSHOT"])
-            raise
-        finally:
-            browser.close()
+        diff = page.locator(".wb-diff")
+        expect(diff).to_contain_text("What differs between the two runs", timeout=60_000)
+        overlay = page.locator(".wb-overlay")
+        overlay.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "el => el.complete && el.naturalWidth > 200",
+            arg=overlay.element_handle(),
+            timeout=30_000,
+        )
+        page.screenshot(path=str(shot))
+        # no cell of the notebook failed
+        assert (
+            page.locator(
+                ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] .ansi-red-fg"
+            ).count()
+            == 0
+        )
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        if os.environ.get("WORKBENCH_KEEP_SCREENSHOT"):
+            shutil.copy(tmp_path / "failure.png", os.environ["WORKBENCH_KEEP_SCREENSHOT"])
+        raise
     assert shot.stat().st_size > 10_000
     if os.environ.get("WORKBENCH_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["WORKBENCH_KEEP_SCREENSHOT"])

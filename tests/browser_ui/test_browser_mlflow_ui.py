@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -17,33 +16,9 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
 KERNELSPEC = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
 EXPERIMENT = "ui-browser"
 SEEDS = (0, 1)
-
-
-@pytest.fixture
-def need_browser(ci):
-    """Skip (or fail under CI) before anything starts when chromium or playwright is missing."""
-    missing = None
-    if not Path(CHROMIUM).exists():
-        missing = (
-            f"{CHROMIUM} not found: run scripts/install-test-deps.sh (installs Debian's chromium)"
-        )
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            missing = "the playwright Python package is missing: pip install -e '.[dev]'"
-    if missing:
-        if ci:
-            pytest.fail(f"CI=true: {missing}")
-        pytest.skip(missing)
 
 
 def _notebook(path: Path) -> Path:
@@ -104,8 +79,10 @@ def _fill_with_tracking(project: Path) -> None:
 
 
 @pytest.fixture
-def filled_store(need_browser, tmp_path, monkeypatch):
-    """A project with its own SQLite store holding two runs, each with an executed notebook."""
+def filled_store(chromium, tmp_path, monkeypatch):
+    """A project with its own SQLite store holding two runs, each with an executed notebook.
+
+    Asks for ``chromium`` first, so a missing browser skips (or fails) before anything starts."""
     from workbench import store
 
     project = tmp_path / "project"
@@ -134,7 +111,8 @@ def ui_process(filled_store):
     """`workbench ui` on a free port; stopped with SIGTERM (as Ctrl-C would) at the end."""
     import psutil
 
-    from workbench.server import free_port, health
+    from workbench.ports import free_port, wait_http
+    from workbench.server import health
 
     project, env = filled_store
     port = free_port()
@@ -143,11 +121,9 @@ def ui_process(filled_store):
         env=env, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while not health(url):
+    if not wait_http(url + "/health", proc=proc, timeout=180):
         assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < deadline, "workbench ui did not answer"
-        time.sleep(0.5)
+        raise AssertionError("workbench ui did not answer")
     family = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     yield url
     proc.send_signal(signal.SIGINT)
@@ -162,8 +138,10 @@ def ui_process(filled_store):
     assert left == [], f"workbench ui left processes behind: {left}"
 
 
-def test_ui_lists_batch_runs_and_shows_the_executed_notebook(ui_process, filled_store, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_ui_lists_batch_runs_and_shows_the_executed_notebook(
+    ui_process, filled_store, chromium, tmp_path
+):
+    from playwright.sync_api import expect
 
     url = ui_process
     client = mlflow.MlflowClient()
@@ -173,32 +151,27 @@ def test_ui_lists_batch_runs_and_shows_the_executed_notebook(ui_process, filled_
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs")
-            for r in runs:
-                expect(page.get_by_text(r.info.run_name, exact=True)).to_be_visible(timeout=60_000)
-            expect(page.get_by_text(f"{len(runs)} matching runs")).to_be_visible()
-            page.screenshot(path=str(shots / "runs.png"))
+    page = chromium.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs")
+    for r in runs:
+        expect(page.get_by_text(r.info.run_name, exact=True)).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(f"{len(runs)} matching runs")).to_be_visible()
+    page.screenshot(path=str(shots / "runs.png"))
 
-            run = runs[0]
-            notebook = next(
-                a.path
-                for a in client.list_artifacts(run.info.run_id, "report")
-                if a.path.endswith(".ipynb")
-            )
-            page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts")
-            page.get_by_text("report", exact=True).click(timeout=60_000)
-            page.get_by_text(Path(notebook).name, exact=True).click(timeout=30_000)
-            expect(page.get_by_text(notebook, exact=True)).to_be_visible(timeout=30_000)
-            # the executed notebook's content, outputs included, is what the viewer shows
-            expect(page.get_by_text('"cell_type": "code"').first).to_be_visible(timeout=30_000)
-            expect(page.get_by_text("logged").first).to_be_visible()
-            page.screenshot(path=str(shots / "run-notebook.png"))
-        finally:
-            browser.close()
+    run = runs[0]
+    notebook = next(
+        a.path
+        for a in client.list_artifacts(run.info.run_id, "report")
+        if a.path.endswith(".ipynb")
+    )
+    page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts")
+    page.get_by_text("report", exact=True).click(timeout=60_000)
+    page.get_by_text(Path(notebook).name, exact=True).click(timeout=30_000)
+    expect(page.get_by_text(notebook, exact=True)).to_be_visible(timeout=30_000)
+    # the executed notebook's content, outputs included, is what the viewer shows
+    expect(page.get_by_text('"cell_type": "code"').first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("logged").first).to_be_visible()
+    page.screenshot(path=str(shots / "run-notebook.png"))
     assert (shots / "runs.png").stat().st_size > 10_000
     keep = os.environ.get("WORKBENCH_TEST_SCREENSHOTS")
     if keep:

@@ -3,40 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 from runner_helpers import NOTEBOOKS, runs_of
 
 from workbench import cli, reports
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _chromium(ci: bool) -> str:
-    """Debian's chromium; wait while scripts/install-test-deps.sh may still be installing it."""
-    deadline = time.monotonic() + 180
-    while not Path(CHROMIUM).exists() and time.monotonic() < deadline:
-        busy = subprocess.run(["pgrep", "-x", "apt-get|dpkg"], capture_output=True).returncode == 0
-        if not busy:
-            break
-        time.sleep(5)
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if ci:
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-test-deps.sh (make test-deps)")
-    pytest.skip(f"{CHROMIUM} is missing; `make test-deps` installs it")
 
 
 @pytest.fixture
@@ -57,7 +28,9 @@ def executed(project, experiment_name):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_index_lists_executions_newest_first_with_failures_marked(project, executed, ci, tmp_path):
+def test_index_lists_executions_newest_first_with_failures_marked(
+    project, executed, chromium, tmp_path
+):
     assert cli.main(["report"]) == 0
     index = project / "runs_reports" / "index.html"
     md = (project / "runs_reports" / "index.md").read_text()
@@ -67,34 +40,26 @@ def test_index_lists_executions_newest_first_with_failures_marked(project, execu
     assert [r.label for r in rows] == ["broken", "ok"]
     assert all((index.parent / r.report).exists() for r in rows)
 
-    from playwright.sync_api import sync_playwright
-
-    executable = _chromium(ci)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 600})
-            page.goto(index.as_uri())
-            body = page.locator("#runs tbody tr.run")
-            assert body.count() == 2
-            first, second = body.nth(0), body.nth(1)
-            assert first.get_attribute("data-status") == "FAILED"
-            assert "failed" in (first.get_attribute("class") or "")
-            assert "ValueError" in first.inner_text() and "broken" in first.inner_text()
-            assert second.get_attribute("data-status") == "FINISHED"
-            assert "failed" not in (second.get_attribute("class") or "")
-            for i, run in enumerate(r for r in rows):
-                row = body.nth(i)
-                assert row.get_attribute("data-run-id") == run.run_id
-                href = row.locator("a.mlflow").get_attribute("href")
-                assert href.endswith(f"/runs/{run.run_id}")
-            # the report link opens the executed notebook's HTML, with the run id at the top
-            first.locator("a.report").click()
-            page.wait_for_load_state()
-            assert rows[0].run_id in page.content()
-            page.go_back()
-            shot = tmp_path / "index.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 1000
-        finally:
-            browser.close()
+    page = chromium.new_page(viewport={"width": 1400, "height": 600})
+    page.goto(index.as_uri())
+    body = page.locator("#runs tbody tr.run")
+    assert body.count() == 2
+    first, second = body.nth(0), body.nth(1)
+    assert first.get_attribute("data-status") == "FAILED"
+    assert "failed" in (first.get_attribute("class") or "")
+    assert "ValueError" in first.inner_text() and "broken" in first.inner_text()
+    assert second.get_attribute("data-status") == "FINISHED"
+    assert "failed" not in (second.get_attribute("class") or "")
+    for i, run in enumerate(r for r in rows):
+        row = body.nth(i)
+        assert row.get_attribute("data-run-id") == run.run_id
+        href = row.locator("a.mlflow").get_attribute("href")
+        assert href.endswith(f"/runs/{run.run_id}")
+    # the report link opens the executed notebook's HTML, with the run id at the top
+    first.locator("a.report").click()
+    page.wait_for_load_state()
+    assert rows[0].run_id in page.content()
+    page.go_back()
+    shot = tmp_path / "index.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 1000

@@ -12,11 +12,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from workbench.ports import free_port
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found. Install PostgreSQL 15, e.g. "
@@ -36,12 +37,6 @@ def pg_bin(name: str) -> str | None:
         return found
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return candidates[-1] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -111,7 +106,7 @@ def start_cluster() -> PgCluster:
         os.chown(root, pw.pw_uid, pw.pw_gid)
         prefix = [runuser, "-u", "postgres", "--"]
     os.chmod(root, 0o700)
-    port = _free_port()
+    port = free_port()
     data, log = root / "data", root / "postgres.log"
 
     def run(*cmd: str) -> None:

@@ -15,305 +15,68 @@ app needs a static Flask secret key.
 
 ``ui()`` serves the MLflow UI on the configured store (the embedded SQLite store by default)
 in the foreground until Ctrl-C.
+
+The parts live in ``server_uris`` (store URIs, masking, allowed hosts), ``server_auth``
+(admin password, auth config), ``server_state`` (the state file), ``server_process``
+(process groups, health) and ``server_ui`` (``workbench ui``); their public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import json
 import os
-import re
-import secrets
 import shlex
-import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from workbench.config import get_settings
-from workbench.ports import answers, port_free, wait_http
 from workbench.ports import free_port as free_port  # server.free_port: tests, benchmarks
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-STATE_DIRNAME = ".workbench"
-START_TIMEOUT_S = float(os.environ.get("WORKBENCH_SERVER_START_TIMEOUT", "180"))
-STOP_TIMEOUT_S = 30.0
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
-ADMIN_USERNAME_ENV = "MLFLOW_AUTH_ADMIN_USERNAME"
-MIN_PASSWORD_LEN = 12  # MLflow's own rule for basic-auth passwords
-
-
-class ServerError(RuntimeError):
-    """The server cannot be started, found or stopped as asked; the message says why."""
-
-
-class UsageProblem(ServerError):
-    """Bad usage (missing store or password, busy port, already running): nothing started."""
-
-
-# ------------------------------------------------------------------ small pure helpers
-
-
-def normalize_store_uri(uri: str, base: Path | None = None) -> str:
-    """The backend store URI MLflow should get.
-
-    ``postgresql://`` and ``postgres://`` become ``postgresql+psycopg://`` (psycopg 3 is what
-    is installed; SQLAlchemy 2.1 would look for psycopg2). Relative SQLite paths are made
-    absolute against the project. HTTP URIs are refused: that is a server, not a store.
-    """
-    from workbench.config import resolve_sqlite_uri
-
-    uri = uri.strip()
-    if uri.startswith(("http://", "https://")):
-        raise UsageProblem(
-            f"{uri!r} is a tracking server, not a backend store.\n"
-            "fix: give the database the server should use, e.g. "
-            "--backend-store-uri postgresql://USER@HOST:5432/mlflow"
-        )
-    for plain in ("postgresql://", "postgres://"):
-        if uri.startswith(plain):
-            return "postgresql+psycopg://" + uri[len(plain) :]
-    return resolve_sqlite_uri(uri, base or get_settings().project_dir)
-
-
-def mask_uri(uri: str) -> str:
-    """The URI with any password replaced by ``***`` (for printing and the state file)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", uri)
-
-
-def allowed_hosts(host: str, port: int) -> list[str]:
-    """Host headers the server accepts (DNS-rebinding protection).
-
-    Loopback names always; the bind address and this machine's names when bound elsewhere;
-    plus ``$WORKBENCH_ALLOWED_HOSTS`` (comma-separated, e.g. the public name a TLS proxy
-    forwards). MLflow's own default would also admit every private-network address.
-    """
-    names = ["localhost", "127.0.0.1", "[::1]"]
-    if host not in (*LOOPBACK, "0.0.0.0", "::"):
-        names.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
-    if host in ("0.0.0.0", "::"):
-        names += [socket.gethostname(), socket.getfqdn()]
-    extra = [
-        h.strip() for h in os.environ.get("WORKBENCH_ALLOWED_HOSTS", "").split(",") if h.strip()
-    ]
-    out: list[str] = []
-    for name in [*names, *extra]:
-        has_port = re.search(r"(^[^:\[]+|\])(:[\d*]+)$", name) is not None
-        out += [name] if has_port else [name, f"{name}:{port}"]
-    return list(dict.fromkeys(out))
-
-
-def client_url(host: str, port: int) -> str:
-    """The URL clients on this machine use for a server bound to ``host``."""
-    if host in ("0.0.0.0", "::", "localhost"):
-        host = "127.0.0.1"
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-
-
-def health(url: str, timeout: float = 3.0) -> bool:
-    """True when ``url``/health answers 200 (unauthenticated even with basic auth on)."""
-    return answers(url.rstrip("/") + "/health", timeout=timeout)
-
-
-# ------------------------------------------------------------------ process groups
-
-
-_children: dict[int, subprocess.Popen] = {}
-
-
-def spawn(
-    cmd: list[str], *, env: dict[str, str], log: Path, cwd: Path | None = None
-) -> subprocess.Popen:
-    """Start ``cmd`` in its own session (its own process group), output to ``log``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=str(cwd) if cwd else None,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _children[proc.pid] = proc
-    return proc
-
-
-def stop_group(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the process group led by ``pid``, wait, then SIGKILL what is left.
-
-    The server's uvicorn workers live in that group, so nothing is orphaned.
-    """
-    import psutil
-
-    try:
-        members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        members = []
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(members, timeout=timeout)
-    if alive:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
-    # Reap it if it is our own child, so no zombie is left behind.
-    if (proc := _children.pop(pid, None)) is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-
-
-def _create_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
-        return None
-
-
-def _log_tail(log: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-# ------------------------------------------------------------------ state
-
-
-@dataclass
-class ServerState:
-    """What ``start`` started: enough for ``stop`` to find exactly that process again."""
-
-    pid: int
-    create_time: float
-    host: str
-    port: int
-    url: str
-    backend_store_uri: str  # password masked
-    artifacts_destination: str
-    auth: bool
-    log: str
-    started_at: str
-
-    def is_ours(self) -> bool:
-        """True when ``pid`` is still the process we started (not a reused pid)."""
-        ct = _create_time(self.pid)
-        return ct is not None and abs(ct - self.create_time) < 1.0
-
-
-def state_dir() -> Path:
-    """``<project>/.workbench`` (git-ignored), where the state, log and auth config live."""
-    return get_settings().project_dir / STATE_DIRNAME
-
-
-def default_state_file() -> Path:
-    return state_dir() / "server.json"
-
-
-def read_state(state_file: Path | None = None) -> ServerState | None:
-    path = state_file or default_state_file()
-    try:
-        return ServerState(**json.loads(path.read_text()))
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError) as exc:
-        raise ServerError(
-            f"the server state file {path} is unreadable ({exc}); delete it if no server runs"
-        ) from exc
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (mode 0600 from the start)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
-
-
-# ------------------------------------------------------------------ auth
-
-
-def admin_password(*, prompt: bool = True) -> str:
-    """The admin password: ``$MLFLOW_AUTH_ADMIN_PASSWORD``, else a prompt on a terminal.
-
-    There is no default; without one ``start --auth`` refuses to run.
-    """
-    password = os.environ.get(ADMIN_PASSWORD_ENV, "")
-    if not password and prompt and sys.stdin.isatty():
-        password = getpass.getpass("admin password for the MLflow server (not echoed): ")
-        if password and getpass.getpass("again: ") != password:
-            raise UsageProblem("the two passwords differ; nothing was started")
-    if not password:
-        raise UsageProblem(
-            "--auth needs an admin password and there is no default.\n"
-            f"fix: export {ADMIN_PASSWORD_ENV}=... (at least {MIN_PASSWORD_LEN} characters) "
-            "or run the command on a terminal to be prompted"
-        )
-    if len(password) < MIN_PASSWORD_LEN:
-        raise UsageProblem(f"the admin password must have at least {MIN_PASSWORD_LEN} characters")
-    return password
-
-
-def require_auth_extra() -> None:
-    """MLflow's basic-auth app needs Flask-WTF (the ``mlflow[auth]`` extra)."""
-    import importlib.util
-
-    if importlib.util.find_spec("flask_wtf") is None:
-        raise UsageProblem(
-            "--auth needs MLflow's auth extra (Flask-WTF), which is not installed.\n"
-            "fix: pip install 'mlflow[auth]' in this environment"
-        )
-
-
-def write_auth_config(folder: Path, *, username: str, password: str | None) -> Path:
-    """Write MLflow's basic-auth config into a private folder (0700, file 0600).
-
-    The auth database is SQLite in the same folder: only the server reads it. Anyone
-    authenticated may read every experiment (``default_permission = READ``); writing needs
-    ownership (the creator) or a granted permission.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    db = os.environ.get("WORKBENCH_AUTH_DATABASE_URI") or f"sqlite:///{folder / 'basic_auth.db'}"
-    lines = [
-        "[mlflow]",
-        "default_permission = READ",
-        f"database_uri = {db}",
-        f"admin_username = {username}",
-        *([f"admin_password = {password}"] if password else []),
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        "",
-    ]
-    path = folder / "basic_auth.ini"
-    _write_private(path, "\n".join(lines))
-    return path
-
-
-def _flask_secret_key(folder: Path) -> str:
-    """A static secret key for the auth app's CSRF protection, kept across restarts."""
-    if os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
-        return os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"]
-    path = folder / "flask_secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    key = secrets.token_hex(32)
-    _write_private(path, key)
-    return key
-
-
-# ------------------------------------------------------------------ start / stop / status
+from workbench.ports import port_free, wait_http
+from workbench.server_auth import (
+    ADMIN_PASSWORD_ENV,  # noqa: F401  (re-exported)
+    ADMIN_USERNAME_ENV,
+    MIN_PASSWORD_LEN,  # noqa: F401  (re-exported)
+    _flask_secret_key,
+    admin_password,
+    require_auth_extra,
+    write_auth_config,
+)
+from workbench.server_errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ServerError, UsageProblem
+from workbench.server_process import (
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,  # noqa: F401  (re-exported)
+    _child_env,
+    _log_tail,
+    health,
+    spawn,
+    stop_group,
+)
+from workbench.server_state import (
+    STATE_DIRNAME,  # noqa: F401  (re-exported)
+    ServerState,
+    _create_time,
+    _write_private,
+    default_state_file,
+    read_state,
+    state_dir,  # noqa: F401  (re-exported)
+)
+from workbench.server_ui import (  # noqa: F401  (re-exported: cli, lab, tests)
+    start_ui,
+    terminate_on_sigterm,
+    ui,
+    ui_command,
+    wait_healthy,
+)
+from workbench.server_uris import (
+    LOOPBACK,
+    allowed_hosts,  # noqa: F401  (re-exported)
+    client_url,
+    mask_uri,
+    normalize_store_uri,
+)
 
 
 def server_command(
@@ -338,16 +101,6 @@ def server_command(
     if auth:
         cmd += ["--app-name", "basic-auth"]
     return cmd
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # GenAI job execution starts extra consumer processes that a tracking server for
-    # notebooks does not use; an explicit setting in the environment still wins.
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    env.pop(ADMIN_PASSWORD_ENV, None)  # it goes through the private config file instead
-    env.pop("MLFLOW_TRACKING_URI", None)  # a server must not log into another server
-    return env
 
 
 def launch(
@@ -566,104 +319,3 @@ def status() -> int:
         f"no server started by `workbench server start` here; the configured store is {mask_uri(settings.tracking_uri)} (embedded)"
     )
     return EXIT_FAILED
-
-
-# ------------------------------------------------------------------ workbench ui
-
-
-def ui_command(host: str, port: int) -> list[str]:
-    """``mlflow server`` over the configured store, artifacts read where the store keeps them.
-
-    No artifact proxy: the embedded store's experiments point at ``file://`` folders that
-    notebooks write directly, and the UI reads them from there.
-    """
-    settings = get_settings()
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", normalize_store_uri(settings.tracking_uri, settings.project_dir),
-        "--no-serve-artifacts",
-        "--host", host, "--port", str(port), "--workers", "1",
-        "--allowed-hosts", ",".join(allowed_hosts(host, port)),
-    ]  # fmt: skip
-    if settings.artifact_root is not None:
-        cmd += ["--default-artifact-root", settings.artifact_root.as_uri()]
-    return cmd
-
-
-def start_ui(host: str, port: int, log: Path) -> subprocess.Popen:
-    """Prepare the configured store once, then start the UI process (detached group)."""
-    from workbench import store
-
-    settings = get_settings()
-    store.connect(settings, activate=False)  # a fresh SQLite store is migrated once, under a lock
-    if settings.artifact_root is not None:
-        settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    if not port_free(host, port):
-        raise UsageProblem(
-            f"port {port} on {host} is already in use.\nfix: choose another with --port"
-        )
-    return spawn(ui_command(host, port), env=_child_env(), log=log, cwd=settings.project_dir)
-
-
-def wait_healthy(
-    proc: subprocess.Popen, url: str, log: Path, timeout: float = START_TIMEOUT_S
-) -> None:
-    """Wait until ``url``/health answers; raise ServerError if the process dies or times out."""
-    if wait_http(url.rstrip("/") + "/health", proc=proc, timeout=timeout):
-        return
-    if proc.poll() is not None:
-        raise ServerError(
-            f"the MLflow UI exited with code {proc.returncode}.\nlog ({log}):\n{_log_tail(log)}"
-        )
-    raise ServerError(
-        f"the MLflow UI did not answer {url} within {timeout:.0f} s.\nlog ({log}):\n{_log_tail(log)}"
-    )
-
-
-@contextlib.contextmanager
-def terminate_on_sigterm():
-    """Turn SIGTERM into KeyboardInterrupt while in the foreground, so cleanup runs."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
-def ui(*, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """``workbench ui``: the MLflow UI on the configured store until Ctrl-C."""
-    settings = get_settings()
-    if settings.is_remote:
-        print(f"the configured store is a tracking server: its UI is {settings.tracking_uri}")
-        return EXIT_OK
-    log = state_dir() / f"ui-{port}.log"
-    with terminate_on_sigterm():
-        proc = None
-        try:
-            proc = start_ui(host, port, log)
-            url = client_url(host, port)
-            wait_healthy(proc, url, log)
-            print(
-                f"MLflow UI: {url}  (store {mask_uri(settings.tracking_uri)}; Ctrl-C stops it)",
-                flush=True,
-            )
-            if host not in LOOPBACK:
-                print(f"  bound to {host}: anyone who reaches this port sees every run", flush=True)
-            while proc.poll() is None:
-                time.sleep(0.5)
-            print(f"the MLflow UI exited with code {proc.returncode}; log: {log}", file=sys.stderr)
-            return EXIT_FAILED
-        except ServerError as exc:
-            print(f"workbench ui: {exc}", file=sys.stderr)
-            return EXIT_USAGE if isinstance(exc, UsageProblem) else EXIT_FAILED
-        except KeyboardInterrupt:
-            print("stopping the MLflow UI", flush=True)
-            return EXIT_OK
-        finally:
-            if proc is not None:
-                stop_group(proc.pid)
-                proc.wait()

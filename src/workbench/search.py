@@ -14,9 +14,11 @@ heartbeat fails the trials of a lost worker). ``workbench search-worker --study 
 --storage URL`` joins a study: everything it needs (parent run, store, model family, space,
 dataset) is in the study's user attributes.
 
-The pieces live in ``search_storage`` (storage URLs), ``search_runs`` (trials as child runs,
-lost-trial sweep) and ``search_finish`` (best model, plots); their public names are
-re-exported here.
+This module creates studies and runs them in one call. The pieces live in ``search_study``
+(the study object, its settings, pruners), ``search_workers`` (joining a study, worker
+processes, ``workbench search-worker``), ``search_storage`` (storage URLs), ``search_runs``
+(trials as child runs, lost-trial sweep) and ``search_finish`` (best model, plots); their
+public names are re-exported here.
 
 Example::
 
@@ -28,19 +30,14 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 from workbench.search_finish import PLOTS, SearchResult, finish_study
-from workbench.search_runs import (
+from workbench.search_runs import (  # noqa: F401  (re-exported)
     ORIGIN_ATTR,
     RUN_ATTR,
     SETTINGS_ATTR,
@@ -61,7 +58,16 @@ from workbench.search_storage import (
     redact_url,
     storage_kind,
 )
-from workbench.spaces import (
+from workbench.search_study import (  # noqa: F401  (re-exported)
+    PRUNERS,
+    SearchStudy,
+    Settings,
+    _bind,
+    _load_split,
+    make_pruner,
+)
+from workbench.search_workers import join_study, start_workers, wait_workers, worker_command
+from workbench.spaces import (  # noqa: F401  (re-exported)
     METRICS,
     Objective,
     SearchSpaceError,
@@ -96,145 +102,6 @@ __all__ = [
     "worker_command",
     "worker_id",
 ]
-
-PRUNERS = ("median", "halving", "none")
-
-
-# ---------------------------------------------------------------- studies
-
-
-@dataclass
-class Settings:
-    """What a worker needs to rebuild the objective; stored as the study's user attribute."""
-
-    parent_run_id: str
-    experiment_id: str
-    tracking_uri: str
-    model_family: str
-    space: dict[str, Any]
-    dataset: str = "churn"
-    target: str | None = None
-    data_seed: int = 0
-    n_rows: int = 5000
-    fingerprint: str = ""
-    scoring: str = "cv"
-    cv: int = 3
-    cv_rows: str = "train"  # "train": folds of the training split; "all": of the whole table
-    metric: str = "roc_auc"
-    pruner: str = "median"
-    seed: int = 0
-    n_trials: int | None = None  # planned total; a worker without --trials stops there
-
-
-def make_pruner(name: str | None, family: str):
-    """``median`` (a trial below the median of earlier ones at the same step stops),
-    ``halving`` (successive halving: only the top third of each rung goes on) or ``none``."""
-    import optuna
-
-    name = (name or "none").lower().replace("-", "_")
-    rounds = family == "xgboost"  # steps are boosting rounds; otherwise folds
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=30 if rounds else 0)
-    if name in ("halving", "successive_halving", "sha"):
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=30 if rounds else 1, reduction_factor=3
-        )
-    if name in ("none", "nop", ""):
-        return optuna.pruners.NopPruner()
-    raise SearchSpaceError(f"unknown pruner {name!r}; choose one of: {', '.join(PRUNERS)}")
-
-
-@dataclass
-class SearchStudy:
-    """An Optuna study bound to its parent run, its objective and its data."""
-
-    study: Any
-    settings: Settings
-    storage_url: str | None = field(repr=False)  # may hold a password
-    split: Any = field(repr=False)
-    objective: Objective = field(repr=False)
-    runs: TrialRuns = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.study.study_name
-
-    def optimize(
-        self,
-        n_trials: int | None = None,
-        timeout: float | None = None,
-        n_jobs: int = 1,
-        callbacks: list | None = None,
-    ) -> None:
-        """Run trials in this process (``n_jobs`` threads); other workers may run at once.
-        ``callbacks`` are Optuna callbacks run after each trial (e.g. one that stops the study)."""
-        import optuna
-
-        reconcile(self.study)
-        callbacks = [self.runs, *(callbacks or [])]
-        if n_trials is None and self.settings.n_trials:
-            callbacks.append(optuna.study.MaxTrialsCallback(self.settings.n_trials, states=None))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.study.optimize(
-                self.runs.track(self.objective),
-                n_trials=n_trials,
-                timeout=timeout,
-                n_jobs=n_jobs,
-                catch=(Exception,),
-                callbacks=callbacks,
-            )
-        reconcile(self.study)
-
-    def counts(self) -> dict[str, int]:
-        """Trials by state: complete, pruned, failed, running."""
-        out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0}
-        for t in self.study.get_trials(deepcopy=False):
-            key = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(
-                t.state.name, "running"
-            )
-            out[key] += 1
-        return out
-
-    def finish(self, *, log_model: bool = True, plots: bool = True) -> SearchResult:
-        """Summarize on the parent run: best params and value, counts, tag the best trial's
-        run, refit and log the best model, log Optuna's plots and the trials table."""
-        return finish_study(self, log_model=log_model, plots=plots)
-
-
-def _load_split(s: Settings):
-    from workbench.data import DataError, load_dataset
-
-    ds = load_dataset(s.dataset, s.target, seed=s.data_seed, n_rows=s.n_rows)
-    if s.fingerprint and ds.fingerprint != s.fingerprint:
-        raise DataError(
-            f"dataset {s.dataset!r} changed since the study started (fingerprint {ds.fingerprint} != "
-            f"{s.fingerprint}); workers must see the same data"
-        )
-    if s.cv_rows not in ("train", "all") or (s.cv_rows == "all" and s.scoring != "cv"):
-        raise SearchSpaceError(
-            f"cv_rows must be 'train' or 'all' (with scoring='cv'), got {s.cv_rows!r}"
-        )
-    return ds, ds.split(seed=s.seed)
-
-
-def _bind(study, settings: Settings, storage_url: str | None, ds, split) -> SearchStudy:
-    space = resolve_space(settings.model_family, settings.space)
-    objective = Objective(
-        space,
-        make_problem(split, settings.cv, (ds.X, ds.y) if settings.cv_rows == "all" else None),
-        scoring=settings.scoring,
-        metric=settings.metric,
-        seed=settings.seed,
-    )
-    runs = TrialRuns(
-        settings.parent_run_id,
-        tracking_uri=settings.tracking_uri,
-        experiment_id=settings.experiment_id,
-        metric_name=objective.metric_name,
-        study_name=study.study_name,
-    )
-    return SearchStudy(study, settings, storage_url, split, objective, runs)
 
 
 def create_study(
@@ -362,41 +229,6 @@ def _log_parent(
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
-def join_study(study_name: str, storage: str) -> SearchStudy:
-    """Attach to an existing study (another process created it) to run more trials."""
-    import mlflow
-    import optuna
-
-    if storage_kind(storage) == "memory":
-        raise SearchError(
-            "an in-memory study cannot be joined: create it with storage='journal:PATH' or an RDB URL"
-        )
-    backend = open_storage(storage)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=backend)
-    except KeyError as exc:
-        names = optuna.get_all_study_names(backend)
-        raise SearchError(
-            f"no study {study_name!r} in {redact_url(storage)}; studies there: {', '.join(names) or 'none'}"
-        ) from exc
-    raw = study.user_attrs.get(SETTINGS_ATTR)
-    if not raw:
-        raise SearchError(
-            f"study {study_name!r} was not created by workbench.search (no {SETTINGS_ATTR!r} user attribute)"
-        )
-    settings = Settings(**raw)
-    # Samplers and pruners live in the process, not the storage: rebuild them. Each worker's
-    # sampler is seeded differently (by the OS), or all would propose the same points.
-    study.sampler = optuna.samplers.TPESampler()
-    study.pruner = make_pruner(settings.pruner, settings.model_family)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    ds, split = _load_split(settings)
-    return _bind(study, settings, storage, ds, split)
-
-
-# ---------------------------------------------------------------- one call, workers
-
-
 def run_search(
     model_family: str = "xgboost",
     *,
@@ -411,95 +243,3 @@ def run_search(
     s = create_study(model_family, n_trials=n_trials, **study_kwargs)
     s.optimize(n_trials=n_trials, timeout=timeout, n_jobs=n_jobs)
     return s.finish(log_model=log_model, plots=plots)
-
-
-def start_workers(
-    study_name: str,
-    storage: str,
-    n: int,
-    *,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    log_dir: str | Path | None = None,
-) -> list[subprocess.Popen]:
-    """Start ``n`` ``workbench search-worker`` processes on this machine; ``wait_workers``
-    collects them. Their output goes to ``log_dir/worker-<i>.log`` (default: discarded)."""
-    if storage_kind(storage) == "memory":
-        raise SearchError("workers need a shared storage: use storage='journal:PATH' or an RDB URL")
-    cmd = [
-        sys.executable,
-        "-m",
-        "workbench.cli",
-        "search-worker",
-        "--study",
-        study_name,
-        "--storage",
-        storage,
-    ]
-    cmd += ["--trials", str(n_trials)] if n_trials else []
-    cmd += ["--timeout", str(timeout)] if timeout else []
-    procs = []
-    for i in range(n):
-        out = open(Path(log_dir) / f"worker-{i}.log", "wb") if log_dir else subprocess.DEVNULL  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        )
-    return procs
-
-
-def wait_workers(procs: list[subprocess.Popen], timeout: float | None = None) -> list[int]:
-    """Wait for worker processes; kill any still running after ``timeout`` s. Exit codes."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    codes = []
-    for p in procs:
-        try:
-            codes.append(
-                p.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
-            )
-        except subprocess.TimeoutExpired:
-            p.kill()
-            codes.append(p.wait())
-    return codes
-
-
-def worker_command(*, study: str, storage: str, n_trials: int | None, timeout: float | None) -> int:
-    """``workbench search-worker``: join ``study`` and run trials until ``n_trials`` (this
-    worker), ``timeout`` seconds, or the study's planned total. Exit 0 when it ran (or had
-    nothing left to run), 1 when every trial it ran failed, 2 when the study cannot be joined."""
-    import optuna
-
-    from workbench.cli import UsageError
-    from workbench.data import DataError
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        s = join_study(study, storage)
-    except (SearchError, SearchSpaceError, DataError) as exc:
-        raise UsageError(str(exc)) from exc
-    if n_trials is None and timeout is None and not s.settings.n_trials:
-        raise UsageError(
-            f"study {study!r} has no planned number of trials: pass --trials N or --timeout S"
-        )
-    before = {t.number for t in s.study.get_trials(deepcopy=False)}
-    if n_trials is None and s.settings.n_trials and len(before) >= s.settings.n_trials:
-        print(
-            f"study {study!r} already has its {s.settings.n_trials} planned trials: nothing to do"
-        )
-        return 0
-    s.optimize(n_trials=n_trials, timeout=timeout)
-    mine = [
-        t
-        for t in s.study.get_trials(deepcopy=False)
-        if t.number not in before
-        and t.user_attrs.get(WORKER_ATTR, "").startswith(f"{socket.gethostname()}:{os.getpid()}:")
-    ]
-    failed = sum(t.state.name == "FAIL" for t in mine)
-    print(
-        f"worker {os.getpid()}: {len(mine)} trials in study {study!r} ({failed} failed); study now {s.counts()}"
-    )
-    return 1 if mine and failed == len(mine) else 0

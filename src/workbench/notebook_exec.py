@@ -6,16 +6,50 @@ job instead. The small engine below passes ``env`` and ``cwd`` to the kernel man
 ``start_kernel`` (papermill forwards engine keyword arguments; nbclient forwards ``execute``
 keyword arguments to ``start_kernel``) and records whether the kernel ever became ready, so
 the runner can tell "the kernel never started" (retry) from "the notebook failed".
+
+The run's id is not in that environment: the runner creates the run while the kernel starts
+(see ``workbench.run_store``). Once the kernel is ready and before the first cell, the client
+calls the runner's ``handoff``, which waits for the run and returns the per-run variables;
+a silent execution (no cell, no output, no history) puts them in the kernel's ``os.environ``.
+MLflow and ``workbench.tracking`` read them at call time, so a notebook that imports either
+in its first cell still logs into the runner's run. Kernels for other languages cannot take
+a Python snippet: for them the runner waits for the run before the kernel starts.
+
+The HTML twin's exporter is built and its templates compiled on a thread while the notebook
+runs (``warm_exporter``), so writing the twin afterwards costs milliseconds.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ENGINE_NAME = "workbench"
 _registered = False
+
+
+@dataclass
+class Handoff:
+    """What the kernel learns once its run exists: environment variables, and the header
+    cell's text with the run id (the cell marked ``header_key`` is updated in place)."""
+
+    env: dict[str, str]
+    header: str | None = None
+    header_key: str | None = None
+
+
+class HandoffError(RuntimeError):
+    """The run could not be handed to the kernel (the run was not created, or the kernel
+    refused the snippet); the kernel is shut down and no cell ran."""
+
+
+def _env_snippet(env: dict[str, str]) -> str:
+    return f"import os as _wb_os\n_wb_os.environ.update({env!r})\ndel _wb_os\n"
 
 
 def _quiet_logger() -> logging.Logger:
@@ -37,10 +71,42 @@ def _register_engine() -> None:
     from papermill.utils import remove_args
 
     class _Client(PapermillNotebookClient):
+        wb_state: dict[str, Any]
+        wb_handoff: Callable[[], Handoff] | None = None
+        wb_on_launch: Callable[[], None] | None = None
+
+        def start_new_kernel_client(self):
+            # The kernel process is launched; it boots on its own core from here.
+            if self.wb_on_launch is not None:
+                self.wb_on_launch()
+            return super().start_new_kernel_client()
+
         def papermill_execute_cells(self):
             # Reached only after the kernel answered kernel_info: it started.
             self.wb_state["started"] = True
+            if self.wb_handoff is not None:
+                self._wb_hand_over(self.wb_handoff)
             return super().papermill_execute_cells()
+
+        def _wb_hand_over(self, handoff: Callable[[], Handoff]) -> None:
+            try:
+                given = handoff()
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise HandoffError(str(exc)) from exc
+            msg_id = self.kc.execute(
+                _env_snippet(given.env), silent=True, store_history=False, allow_stdin=False
+            )
+            reply = self.wait_for_reply(msg_id)
+            content = (reply or {}).get("content", {})
+            if content.get("status") != "ok":
+                why = f"{content.get('ename', 'no reply')}: {content.get('evalue', '')}"
+                raise HandoffError(f"the kernel did not take the run's environment: {why}")
+            if given.header is not None:
+                for cell in self.nb.cells:
+                    if cell.get("metadata", {}).get(given.header_key):
+                        cell.source = given.header
 
     class _Engine(NBClientEngine):
         @classmethod
@@ -56,6 +122,8 @@ def _register_engine() -> None:
             kernel_env=None,
             kernel_cwd=None,
             wb_state=None,
+            wb_handoff=None,
+            wb_on_launch=None,
             kernel_log=None,
             **kwargs,
         ):
@@ -72,6 +140,7 @@ def _register_engine() -> None:
                 **kwargs,
             )
             client.wb_state = wb_state if wb_state is not None else {}
+            client.wb_handoff, client.wb_on_launch = wb_handoff, wb_on_launch
             if kernel_log is None:
                 return client.execute(env=kernel_env, cwd=kernel_cwd)
             with open(kernel_log, "ab") as log:  # the kernel's own stdout/stderr, not cell output
@@ -90,11 +159,15 @@ def run_papermill(
     state: dict[str, Any],
     cwd: str | None = None,
     kernel_log: Path | None = None,
+    handoff: Callable[[], Handoff] | None = None,
+    on_launch: Callable[[], None] | None = None,
 ) -> tuple[str, str]:
     """Execute ``nb`` into ``out``; return (status, reason): FINISHED, FAILED or KILLED.
 
     ``state["started"]`` tells whether the kernel became ready; ``state["interrupted"]``
-    is set on Ctrl-C (status KILLED) so the caller can finish the run and then stop.
+    is set on Ctrl-C (status KILLED) so the caller can finish the run and then stop;
+    ``state["handoff_failed"]`` when ``handoff`` raised (no cell ran; the kernel is shut
+    down). ``on_launch`` is called once the kernel process is launched.
     """
     import copy
 
@@ -104,6 +177,14 @@ def run_papermill(
 
     _register_engine()
     logging.getLogger("papermill").setLevel(logging.ERROR)
+    if handoff is not None and _language(nb) != "python":
+        given = handoff()  # no Python snippet for this kernel: the run goes in its start env
+        env = {**env, **given.env}
+        if given.header is not None:
+            for cell in nb.cells:
+                if cell.get("metadata", {}).get(given.header_key):
+                    cell.source = given.header
+        handoff = None
     try:
         papermill.execute_notebook(
             copy.deepcopy(nb),
@@ -116,9 +197,14 @@ def run_papermill(
             kernel_env=env,
             kernel_cwd=cwd,
             wb_state=state,
+            wb_handoff=handoff,
+            wb_on_launch=on_launch,
             kernel_log=str(kernel_log) if kernel_log else None,
         )
         return "FINISHED", ""
+    except HandoffError as exc:
+        state["handoff_failed"] = True
+        return "FAILED", f"the run could not be handed to the kernel: {exc}"[:1000]
     except PapermillExecutionError as exc:
         where = f"cell [{exc.exec_count}]" if exc.exec_count else f"cell {exc.cell_index}"
         return "FAILED", f"{where} raised {exc.ename}: {exc.evalue}"[:1000]
@@ -135,6 +221,58 @@ def run_papermill(
         return "FAILED", f"{type(exc).__name__}: {exc}"[:1000]
 
 
+def _language(nb) -> str:
+    meta = nb.get("metadata", {})
+    lang = meta.get("kernelspec", {}).get("language") or meta.get("language_info", {}).get("name")
+    return str(lang or "python").lower()
+
+
+_exporter: Future | None = None
+_exporter_guard = threading.Lock()
+_export_lock = threading.Lock()
+
+
+def _build_exporter():
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter()
+    v4 = nbformat.v4
+    blank = v4.new_notebook(cells=[v4.new_markdown_cell("# *warm*"), v4.new_code_cell("1")])
+    exporter.from_notebook_node(blank)  # compiles the templates and the markdown renderer
+    return exporter
+
+
+def warm_exporter() -> Future:
+    """Build the HTML exporter on a thread (once per process); its future."""
+    global _exporter
+    with _exporter_guard:
+        if _exporter is None:
+            fut: Future = Future()
+
+            def work() -> None:
+                try:
+                    fut.set_result(_build_exporter())
+                except BaseException as exc:
+                    fut.set_exception(exc)
+
+            threading.Thread(target=work, name="workbench-warm-html", daemon=True).start()
+            _exporter = fut
+        return _exporter
+
+
+def _to_html(nb) -> str:
+    try:
+        exporter = warm_exporter().result()
+    except Exception:  # the warm-up failed: a fresh exporter reports the real problem
+        from nbconvert import HTMLExporter
+
+        exporter = HTMLExporter()
+    with _export_lock:  # one exporter, one notebook at a time
+        body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
 def finalize_report(out: Path, html: Path, header: str, header_key: str) -> None:
     """Put the final header cell first in the executed notebook and write its HTML twin."""
     import nbformat
@@ -148,7 +286,4 @@ def finalize_report(out: Path, html: Path, header: str, header_key: str) -> None
     cell.metadata[header_key] = True
     nb.cells = [cell, *cells]
     nbformat.write(nb, str(out))
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    html.write_text(body, encoding="utf-8")
+    html.write_text(_to_html(nb), encoding="utf-8")

@@ -2,8 +2,9 @@
 
 Measured with plain papermill on MLflow 3.17: a timed-out cell leaves the run FINISHED and a
 killed kernel leaves it RUNNING forever. So the runner owns the run: it prepares the
-experiment, creates the run, starts the kernel with the run id in its environment (the
-notebook's ``workbench.tracking.start_run`` resumes it), and sets the final status only after
+experiment and creates the run while the kernel starts (``workbench.run_store``), hands the
+run id to the kernel before the first cell (the notebook's ``workbench.tracking.start_run``
+resumes it; ``workbench.notebook_exec``), and sets the final status only after
 the kernel is gone (MLflow's exit hook in the kernel would otherwise have the last word):
 FINISHED, FAILED (a cell raised or outlived ``--timeout``), KILLED (the kernel died). Runs a
 dead runner left RUNNING are found through their runner tags and marked KILLED.
@@ -14,13 +15,16 @@ Parameters are checked against the notebook's ``parameters`` cell before any of 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from workbench.cli import EXIT_FAILED, EXIT_OK
 from workbench.config import Settings, get_settings, run_url
@@ -125,8 +129,15 @@ def _reserve(folder: Path, base: str) -> Path:
     raise RuntimeError(f"cannot find a free report name for {base} in {folder}")
 
 
-def header_text(job: Job, run_id: str, url: str, status: str, duration: float | None) -> str:
+def header_text(
+    job: Job, run_id: str | None, url: str | None, status: str, duration: float | None
+) -> str:
+    """The report's top cell: run id, status, link to the run (before the run exists: the
+    status alone)."""
     done = f" in {duration:.1f} s" if duration is not None else ""
+    if run_id is None:
+        where = f"experiment `{job.experiment}` · label `{job.label}`"
+        return f"**workbench run** — status **{status}**  \n{where}"
     return (
         f"**workbench run** `{run_id}` — status **{status}**{done}  \n"
         f"[Open this run in the MLflow UI]({url}) · experiment `{job.experiment}` · "
@@ -134,19 +145,20 @@ def header_text(job: Job, run_id: str, url: str, status: str, duration: float | 
     )
 
 
-def kernel_env(job: Job, run_id: str, exp_id: str, settings: Settings) -> dict[str, str]:
-    """The environment of this execution's kernel (a copy; os.environ is left alone)."""
+def kernel_env(job: Job, settings: Settings) -> dict[str, str]:
+    """The environment this execution's kernel starts with (a copy; os.environ is left
+    alone): everything known before the run exists. The run's own variables follow once it
+    does (``run_env``)."""
     from workbench.config import ARTIFACT_ENV, PROJECT_ENV
     from workbench.tracking import NOTEBOOK_ENV, PARAMS_FILE_ENV, RUN_ID_ENV
 
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", PARAMS_FILE_ENV)}
+    drop = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", RUN_ID_ENV, PARAMS_FILE_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
         {
-            RUN_ID_ENV: run_id,
             NOTEBOOK_ENV: project_relative(Path(job.notebook), settings),
             PROJECT_ENV: str(settings.project_dir),
             "MLFLOW_TRACKING_URI": settings.tracking_uri,
-            "MLFLOW_EXPERIMENT_ID": exp_id,
         }
     )
     if settings.artifact_root is not None:
@@ -158,25 +170,46 @@ def kernel_env(job: Job, run_id: str, exp_id: str, settings: Settings) -> dict[s
     return env
 
 
-def execute(job: Job, *, retries: int = KERNEL_START_RETRIES) -> JobResult:
+def run_env(run_id: str, exp_id: str) -> dict[str, str]:
+    """The run's variables in the kernel: ``workbench.tracking.start_run`` resumes the run,
+    and fluent MLflow calls land in its experiment."""
+    from workbench.tracking import RUN_ID_ENV
+
+    return {RUN_ID_ENV: run_id, "MLFLOW_EXPERIMENT_ID": exp_id}
+
+
+def execute(
+    job: Job,
+    *,
+    retries: int = KERNEL_START_RETRIES,
+    store: Any = None,
+    recover: bool = False,
+    rebuild_index: bool = False,
+    on_run: Callable[[], None] | None = None,
+) -> JobResult:
     """Run one prepared job to its end and return what happened (never raises for a
-    notebook's failure; KeyboardInterrupt ends the run KILLED and propagates)."""
+    notebook's failure; KeyboardInterrupt ends the run KILLED and propagates).
+
+    The run is created (by ``store``, a ``workbench.run_store`` store; in-process by default)
+    while the kernel starts, and handed to the kernel before its first cell. When the run
+    cannot be created the kernel is shut down, no file is left behind and the store's error
+    propagates. ``recover`` sweeps runs of dead runners first; ``rebuild_index`` rewrites the
+    report index after the run ended; ``on_run`` is called when the first cell is about to run.
+    """
     import nbformat
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
-    from workbench import notebook_exec, store
+    from workbench import notebook_exec, run_store
 
+    side = store if store is not None else run_store.LocalRunStore()
     settings = get_settings()
-    client = store.connect(settings, activate=False)
-    exp_id = job.experiment_id or store.experiment_id(job.experiment, settings)
     stem = Path(job.notebook).stem
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = _reserve(settings.reports_dir / safe_name(job.experiment), f"{stamp}-{stem}-{job.label}")
-    html = out.with_suffix(".html")
+    html, log = out.with_suffix(".html"), out.with_suffix(".kernel.log")
     tags = {
-        MLFLOW_SOURCE_NAME: project_relative(Path(job.notebook), settings),
-        MLFLOW_SOURCE_TYPE: "NOTEBOOK",
-        MLFLOW_RUN_NAME: f"{stem}-{job.label}",
+        "mlflow.source.name": project_relative(Path(job.notebook), settings),
+        "mlflow.source.type": "NOTEBOOK",
+        "mlflow.runName": f"{stem}-{job.label}",
         TAG_RUNNER: "papermill",
         TAG_LABEL: job.label,
         TAG_HASH: job.param_hash,
@@ -188,55 +221,74 @@ def execute(job: Job, *, retries: int = KERNEL_START_RETRIES) -> JobResult:
     }
     if job.metric:
         tags[TAG_METRIC] = job.metric
-    run_id = client.create_run(exp_id, tags=tags, run_name=f"{stem}-{job.label}").info.run_id
-    url = run_url(exp_id, run_id, settings)
-    result = JobResult(job, "FAILED", run_id=run_id, report=str(out))
+    begun = side.begin(job, tags, f"{stem}-{job.label}", recover)
+
+    def handoff() -> notebook_exec.Handoff:
+        b = begun.result()  # raises when the run could not be created
+        url = run_url(b.experiment_id, b.run_id, settings)
+        header = header_text(job, b.run_id, url, "RUNNING", None)
+        if on_run is not None:
+            on_run()
+        return notebook_exec.Handoff(run_env(b.run_id, b.experiment_id), header, HEADER_KEY)
+
+    result = JobResult(job, "FAILED", report=str(out))
     t0 = time.perf_counter()
     interrupted: BaseException | None = None
     try:
         nb = nbformat.read(job.notebook, as_version=4)
-        header = nbformat.v4.new_markdown_cell(header_text(job, run_id, url, "RUNNING", None))
+        header = nbformat.v4.new_markdown_cell(header_text(job, None, None, "STARTING", None))
         header.metadata[HEADER_KEY] = True
         nb.cells.insert(0, header)
-        env = kernel_env(job, run_id, exp_id, settings)
+        env = kernel_env(job, settings)
         for attempt in range(1, retries + 2):
             result.attempts = attempt
             state = {"started": False}
             status, reason = notebook_exec.run_papermill(
                 nb, out, job.parameters, env, job.timeout, state,
-                cwd=str(Path(job.notebook).parent), kernel_log=out.with_suffix(".kernel.log"),
+                cwd=str(Path(job.notebook).parent), kernel_log=log,
+                handoff=handoff, on_launch=notebook_exec.warm_exporter,
             )  # fmt: skip
             result.status, result.reason = status, reason
             result.kernel_started = state["started"]
             if state.get("interrupted"):
                 interrupted = KeyboardInterrupt()
                 break
+            if state.get("handoff_failed"):
+                break
             if status == "FINISHED" or state["started"] or attempt > retries:
                 break
             time.sleep(attempt)  # the kernel never started (papermill#511 port race): retry
     finally:
         result.duration = time.perf_counter() - t0
-        _finish(client, job, result, out, html, url, exp_id)
+        try:
+            b = begun.result()
+        except BaseException:  # no run: leave nothing behind, report the store's error
+            for path in (out, html, log):
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only when empty
+                out.parent.rmdir()
+            raise
+        result.run_id, job.experiment_id = b.run_id, b.experiment_id
+        for run_id in b.recovered:
+            print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
+        _finish(side, job, result, out, html, rebuild_index)
     if interrupted is not None:
         raise interrupted
     return result
 
 
-def _finish(
-    client, job: Job, result: JobResult, out: Path, html: Path, url: str, exp_id: str
-) -> None:
-    """Write the header and HTML twin, log both, and set the final status (kernel is gone)."""
-    from workbench import notebook_exec
+def _finish(side, job: Job, result: JobResult, out: Path, html: Path, rebuild: bool) -> None:
+    """Write the header and HTML twin, then have the store log both and set the final
+    status (the kernel is gone, so MLflow's exit hook in it cannot overrule us)."""
+    from workbench import notebook_exec, run_store
 
     run_id = result.run_id
+    url = run_url(job.experiment_id, run_id)
     try:
         text = header_text(job, run_id, url, result.status, result.duration)
         if result.reason:
             text += f"  \n**why:** {result.reason}"
         notebook_exec.finalize_report(out, html, text, HEADER_KEY)
-        for path in (out, html):
-            if path.exists():
-                client.log_artifact(run_id, str(path), artifact_path="report")
     except Exception as exc:  # a report problem must not leave the run RUNNING
         result.reason = (
             result.reason + "; " if result.reason else ""
@@ -246,14 +298,13 @@ def _finish(
         log.unlink(missing_ok=True)  # keep the kernel's own log only when it may explain a failure
     elif log.exists():
         result.reason += f" (kernel log: {project_relative(log)})"
-    client.set_tag(run_id, TAG_DURATION, f"{result.duration:.2f}")
-    if result.reason:
-        client.set_tag(run_id, TAG_REASON, result.reason[:5000])
-    client.set_terminated(run_id, result.status)
-    try:
-        result.metrics = dict(client.get_run(run_id).data.metrics)
-    except Exception:  # metrics are for the summary only
-        result.metrics = {}
+    ending = run_store.Ending(
+        run_id, result.status, result.reason, result.duration, [str(out), str(html)], rebuild
+    )
+    ended = side.end(ending)
+    result.reason, result.metrics = ended.reason, ended.metrics
+    for note in ended.notes:
+        print(note, file=sys.stderr)
 
 
 def _meaningful(log: Path) -> bool:
@@ -300,7 +351,33 @@ def run_command(
     label: str | None,
 ) -> int:
     """``workbench run``: validate, execute, report. 0 ok, 1 failed; UsageError for bad input."""
+    import gc
+
     skip_slow_imports()
+    from workbench import run_store
+
+    # First of all: fork the store agent, which imports MLflow on the other core while this
+    # process checks the parameters and starts the kernel (it writes nothing until `begin`).
+    side = run_store.open_store()
+    gc.disable()  # start-up is imports (papermill, nbconvert): the collector only slows them
+    try:
+        job = _prepare_run_job(notebook, parameters, params_files, experiment, timeout, label)
+        result = execute(job, store=side, recover=True, rebuild_index=True, on_run=gc.enable)
+    finally:
+        gc.enable()
+        side.close()
+    print_result(result)
+    return EXIT_OK if result.status == "FINISHED" else EXIT_FAILED
+
+
+def _prepare_run_job(
+    notebook: str,
+    parameters: list[list[str]],
+    params_files: list[str],
+    experiment: str | None,
+    timeout: float | None,
+    label: str | None,
+) -> Job:
     texts = [(name, value) for name, value in parameters]
     label_values = {n: v for n, v in texts} if texts else None
     job = prepare_job(
@@ -312,16 +389,7 @@ def run_command(
         label=label,
         label_values=label_values if texts else ({} if params_files else None),
     )
-    from workbench import store
-
-    store.connect(activate=False)
-    for run_id in recover_stale_runs():
-        print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
-    job.experiment_id = store.experiment_id(job.experiment)
-    result = execute(job)
-    print_result(result)
-    _rebuild_index()
-    return EXIT_OK if result.status == "FINISHED" else EXIT_FAILED
+    return job
 
 
 def _rebuild_index() -> None:

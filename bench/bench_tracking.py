@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from pathlib import Path
 
 from bench.common import Result, temp_store, timed
 
 STEPS = 1000
-ROWS, TREES = 20_000, 200  # the "full" model: a few seconds of training, like the article's
+ROWS, TREES = 20_000, 200  # a shorter training than notebook 01's full size (below)
+FULL = Path(__file__).resolve().parents[1] / "params" / "01-manual-tracking" / "full.yaml"
 
 
-def _churn(n_rows: int, n_estimators: int, seed: int = 0):
+def _churn(n_rows: int, n_estimators: int, seed: int = 0, **gbm):
     from sklearn.ensemble import GradientBoostingClassifier
 
     from workbench import data
@@ -24,9 +26,20 @@ def _churn(n_rows: int, n_estimators: int, seed: int = 0):
     ds = data.load_dataset("churn", seed=seed, n_rows=n_rows)
     split = ds.split(seed=seed)
     model = data.make_pipeline(
-        GradientBoostingClassifier(n_estimators=n_estimators, random_state=seed), split.X_train
+        GradientBoostingClassifier(n_estimators=n_estimators, random_state=seed, **gbm),
+        split.X_train,
     )
     return ds, split, model
+
+
+def _full_size() -> dict:
+    """Notebook 01's full-size parameters (params/01-manual-tracking/full.yaml), with the
+    notebook's defaults for what the file leaves out."""
+    import yaml
+
+    p = {"n_rows": 4000, "n_estimators": 150, "learning_rate": 0.1, "max_depth": 3, "seed": 42}
+    p.update(yaml.safe_load(FULL.read_text()))
+    return p
 
 
 def bench_step_metrics() -> Result:
@@ -197,37 +210,67 @@ def _workbench_run(exp_name: str, ds, model, split) -> tuple[float, float]:
     return time.perf_counter() - t0, fit
 
 
-def bench_run_overhead() -> Result:
+def _shares(model_args: dict, rounds: int, article: bool = True):
+    """Alternating rounds of the article's run and ours on one model; returns the medians
+    (article tracking, article fit, our tracking, our fit) and our per-round tracking."""
     from workbench import store
 
-    ds, split, model = _churn(ROWS, TREES)
+    ds, split, model = _churn(**model_args)
     with temp_store():
         exp = store.experiment_id("bench-article")
         store.connect()
-        (
-            _article_run(exp, model, split),
-            _workbench_run("bench-workbench", ds, model, split),
-        )  # warm-up
-        rounds = [
-            (_article_run(exp, model, split), _workbench_run("bench-workbench", ds, model, split))
-            for _ in range(3)
+        if article:
+            _article_run(exp, model, split)
+        _workbench_run("bench-workbench", ds, model, split)  # warm-up
+        rounds_ = [
+            (
+                _article_run(exp, model, split) if article else (0.0, 1.0),
+                _workbench_run("bench-workbench", ds, model, split),
+            )
+            for _ in range(rounds)
         ]
-    # Median of three alternating rounds; tracking = run time minus fit time.
-    a_track = statistics.median(a[0] - a[1] for a, _ in rounds)
-    w_track = statistics.median(w[0] - w[1] for _, w in rounds)
-    a_fit = statistics.median(a[1] for a, _ in rounds)
-    w_fit = statistics.median(w[1] for _, w in rounds)
+    # tracking = run time minus fit time
+    med = statistics.median
+    return (
+        med(a[0] - a[1] for a, _ in rounds_),
+        med(a[1] for a, _ in rounds_),
+        med(w[0] - w[1] for _, w in rounds_),
+        med(w[1] for _, w in rounds_),
+        [w[0] - w[1] for _, w in rounds_],
+    )
+
+
+def bench_run_overhead() -> Result:
+    p = _full_size()
+    args = {
+        "n_rows": p["n_rows"],
+        "n_estimators": p["n_estimators"],
+        "seed": p["seed"],
+        "learning_rate": p["learning_rate"],
+        "max_depth": p["max_depth"],
+    }
+    a_track, a_fit, w_track, w_fit, ours = _shares(args, rounds=3)
+    _, _, s_track, s_fit, _ = _shares(
+        {"n_rows": ROWS, "n_estimators": TREES}, rounds=3, article=False
+    )
     share = w_track / w_fit
     return Result(
-        f"all tracking of notebook 01's run ({ROWS:,} rows, {TREES} trees)",
+        f"all tracking of notebook 01's run (full.yaml: {p['n_rows']:,} rows, "
+        f"{p['n_estimators']} trees of depth {p['max_depth']})",
         w_track,
         a_track,
         "<= 15% of training time",
         share <= 0.15,
-        detail=f"tracking = run time minus fit time, median of 3 alternating rounds. Ours: {w_track:.2f} s on {w_fit:.2f} s of training "
-        f"({share:.0%}): params, tags, dataset input, learning curves, val+test metrics, 4 artifacts, "
-        f"registered model. Article's pattern: {a_track:.2f} s on {a_fit:.2f} s ({a_track / a_fit:.0%}): "
-        "per-step log_metrics, figure, report, table, log_model with requirement inference.",
+        detail="notebook 01's cells at the size of params/01-manual-tracking/full.yaml; "
+        "tracking = run time minus fit time, median of 3 alternating rounds "
+        f"(ours {', '.join(f'{x:.2f}' for x in ours)} s). Ours: {w_track:.2f} s on "
+        f"{w_fit:.2f} s of training ({share:.0%}): params, tags, dataset input, learning "
+        "curves (every stage), val+test metrics, 4 evaluation artifacts, model logged and registered. "
+        f"Article's pattern: {a_track:.2f} s on {a_fit:.2f} s ({a_track / a_fit:.0%}): "
+        "per-step log_metrics, figure, report, table, log_model with requirement inference. "
+        f"On a shorter training ({ROWS:,} rows, {TREES} trees of depth 3) ours is "
+        f"{s_track:.2f} s on {s_fit:.2f} s ({s_track / s_fit:.0%}): most of the cost is "
+        "fixed (figures, model files, registration), so the share falls as training grows.",
     )
 
 

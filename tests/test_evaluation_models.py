@@ -104,15 +104,101 @@ def test_skops_archive_is_made_once_and_skops_is_left_as_it_was(fitted, tmp_path
 
     pipe, split = fitted
     lean = models.compact(pipe)
-    payload = models.skops_bytes(lean)
-    original = sio.dump
-    with models._skops_dump_from(lean, payload):
-        sio.dump(lean, tmp_path / "ours.skops")  # what MLflow calls while saving
-        sio.dump(pipe, tmp_path / "other.skops")  # any other object still goes to skops
-    assert sio.dump is original
-    assert (tmp_path / "ours.skops").read_bytes() == payload
+    payload, schema = models._skops_archive(lean)
     trusted = models.trusted_types(lean, payload)
+    assert (
+        trusted
+        == sorted(sio.get_untrusted_types(data=payload))
+        == ["numpy.dtype", "sklearn.tree._tree.Tree"]
+    )
+    assert models._untrusted_in_schema(schema) == trusted, "the schema-only audit is skops' own"
+    original_dump, original_load = sio.dump, sio.load
+    with models._serialize_once(lean, payload, trusted):
+        sio.dump(lean, str(tmp_path / "ours.skops"))  # what MLflow calls while saving
+        sio.dump(pipe, tmp_path / "other.skops")  # any other object still goes to skops
+        # MLflow's checks load the file straight back: ours comes from memory ...
+        assert sio.load(str(tmp_path / "ours.skops"), trusted=trusted) is lean
+        # ... anything else is really read, and untrusted types are still refused
+        other = sio.load(tmp_path / "other.skops", trusted=trusted)
+        assert other is not lean
+        with pytest.raises(sio.exceptions.UntrustedTypesFoundException):
+            sio.load(str(tmp_path / "ours.skops"), trusted=trusted[:-1])
+    assert (sio.dump, sio.load) == (original_dump, original_load)
+    assert (tmp_path / "ours.skops").read_bytes() == payload
     for name in ("ours.skops", "other.skops"):
         back = sio.load(tmp_path / name, trusted=sio.get_untrusted_types(file=tmp_path / name))
         np.testing.assert_array_equal(back.predict(split.X_test), pipe.predict(split.X_test))
-    assert trusted == sorted(sio.get_untrusted_types(file=tmp_path / "ours.skops"))
+
+
+def test_learning_curves_are_step_metrics_that_match_the_model(
+    tracking_uri, experiment_name, fitted
+):
+    from sklearn.metrics import accuracy_score, log_loss
+
+    pipe, split = fitted
+    n = pipe[-1].n_estimators_
+    with tracking.start_run(experiment_name, algorithm="gbm") as run:
+        curves = evaluation.log_learning_curves(
+            pipe, split.X_train, split.y_train, split.X_val, split.y_val, train_rows=None
+        )
+        sampled = evaluation.log_learning_curves(
+            pipe, split.X_train, split.y_train, split.X_val, split.y_val, train_rows=200, every=5
+        )
+    assert list(curves.index) == list(range(n))
+    assert list(sampled.index) == list(range(0, n, 5))
+    last = curves.iloc[-1]
+    assert last["val_accuracy"] == pytest.approx(
+        accuracy_score(split.y_val, pipe.predict(split.X_val))
+    )
+    assert last["train_log_loss"] == pytest.approx(
+        log_loss(split.y_train, pipe.predict_proba(split.X_train))
+    )
+    # with every row, the training loss is the one the booster tracked while fitting
+    np.testing.assert_allclose(curves["train_log_loss"], pipe[-1].train_score_ / 2, rtol=1e-9)
+    # the validation curve always uses every row, sampled training curve or not
+    np.testing.assert_allclose(sampled["val_accuracy"], curves["val_accuracy"].iloc[::5])
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.run_id, "learning/val_log_loss")
+    assert sorted(m.step for m in history) == sorted([*range(n), *range(0, n, 5)])
+    assert mlflow.get_run(run.run_id).data.metrics["learning/val_accuracy"] == pytest.approx(
+        last["val_accuracy"]
+    )
+
+
+def test_long_curves_are_thinned_for_the_charts_and_kept_whole_as_csv(
+    tracking_uri, experiment_name, fitted
+):
+    import io
+
+    import pandas as pd
+
+    pipe, split = fitted
+    n = pipe[-1].n_estimators_  # 30 stages, at most 7 points: every 5th stage and the last
+    with tracking.start_run(experiment_name, algorithm="gbm") as run:
+        curves = evaluation.log_learning_curves(
+            pipe, split.X_train, split.y_train, split.X_val, split.y_val, max_points=7
+        )
+    history = mlflow.MlflowClient().get_metric_history(run.run_id, "learning/train_accuracy")
+    assert sorted(m.step for m in history) == [0, 5, 10, 15, 20, 25, n - 1]
+    by_step = {m.step: m.value for m in history}
+    assert by_step[n - 1] == pytest.approx(curves["train_accuracy"].iloc[-1])
+    text = mlflow.artifacts.load_text(f"runs:/{run.run_id}/evaluation/learning_curves.csv")
+    saved = pd.read_csv(io.StringIO(text), index_col="step")
+    assert list(saved.index) == list(range(n))
+    np.testing.assert_allclose(saved.to_numpy(), curves.to_numpy())
+
+
+def test_schema_only_audit_agrees_with_skops_on_other_models(fitted):
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+    from xgboost import XGBClassifier
+
+    _, split = fitted
+    for estimator in (
+        LogisticRegression(max_iter=200),
+        RandomForestClassifier(n_estimators=5, random_state=0),
+        XGBClassifier(n_estimators=5, max_depth=2),
+    ):
+        pipe = make_pipeline(estimator, split.X_train).fit(split.X_train, split.y_train)
+        payload, schema = models._skops_archive(models.compact(pipe))
+        assert models._untrusted_in_schema(schema) == sorted(sio.get_untrusted_types(data=payload))

@@ -62,7 +62,9 @@ def _figures(y_true, y_pred, y_prob, title: str):
     """Confusion matrix, and ROC + precision-recall side by side.
 
     Plain ``Figure`` objects (no pyplot state to leak or close) with fixed margins:
-    ``tight_layout`` would draw each figure once more just to measure its labels.
+    ``tight_layout`` would draw each figure once more just to measure its labels. The curve
+    axes span 0 to 1 with fixed ticks, so figures of different runs compare at a glance
+    (and matplotlib need not work out and draw a tick locator's choice).
     """
     from matplotlib.figure import Figure
     from sklearn import metrics as m
@@ -99,6 +101,9 @@ def _figures(y_true, y_pred, y_prob, title: str):
     ax2.plot(rec, prec, lw=1.5)
     ax2.axhline(float(np.mean(y_true)), ls="--", lw=0.8, color="grey")
     ax2.set(xlabel="recall", ylabel="precision", title="Precision-recall")
+    ticks = [0, 0.25, 0.5, 0.75, 1]
+    for axis in (ax1, ax2):
+        axis.set(xticks=ticks, yticks=ticks, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     return fig_cm, fig_curves
 
 

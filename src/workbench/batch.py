@@ -183,6 +183,8 @@ def finished_hashes(client, experiment_id: str) -> set[str]:
 def batch_command(
     paths: list[str], *, jobs: int, resume: bool, dry_run: bool, timeout: float | None
 ) -> int:
+    import gc
+
     runner.skip_slow_imports()
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
@@ -193,11 +195,15 @@ def batch_command(
     from workbench import batch_pool, store
 
     # Workers are forked before this process opens the store (see batch_pool.Pool).
-    pool = (
-        batch_pool.Pool(min(jobs, len(todo)))
-        if not dry_run and jobs > 1 and len(todo) > 1
-        else None
-    )
+    gc.disable()  # start-up is imports: the cyclic collector only slows them down
+    try:
+        pool = (
+            batch_pool.Pool(min(jobs, len(todo)))
+            if not dry_run and jobs > 1 and len(todo) > 1
+            else None
+        )
+    finally:
+        gc.enable()
     try:
         client = store.connect(activate=False)
         for run_id in runner.recover_stale_runs(client):
@@ -232,6 +238,8 @@ def batch_command(
     ]
     batch_pool.print_summary(ordered)
     runner._rebuild_index()
+    if runner.is_command_process():
+        gc.freeze()  # skip the exit's final walk over every object
     return EXIT_OK if all(r.ok for r in ordered) else EXIT_FAILED
 
 

@@ -66,9 +66,16 @@ def _register_engine() -> None:
     global _registered
     if _registered:
         return
+    from jupyter_client import AsyncKernelManager
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, papermill_engines
     from papermill.utils import remove_args
+
+    class _KernelManager(AsyncKernelManager):
+        async def _async_wait(self, pollinterval: float = 0.1) -> None:
+            # A shut-down kernel is polled for its exit every 0.1 s by default: a tenth of a
+            # second lost per execution. Polling faster costs nothing while it lasts.
+            await super()._async_wait(pollinterval=min(pollinterval, 0.01))
 
     class _Client(PapermillNotebookClient):
         wb_state: dict[str, Any]
@@ -133,6 +140,7 @@ def _register_engine() -> None:
                 timeout=execution_timeout,
                 startup_timeout=start_timeout,
                 kernel_name=kernel_name,
+                kernel_manager_class=_KernelManager,
                 log=_quiet_logger(),
                 log_output=log_output,
                 stdout_file=stdout_file,

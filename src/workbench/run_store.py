@@ -202,9 +202,11 @@ class AgentRunStore:
                 os._exit(code)
         child.close()
         self._lock = threading.Lock()
+        self._asked = False  # no request yet: the agent has written nothing
 
     def _ask(self, kind: str, payload: Any) -> Any:
         with self._lock:  # one request at a time, each answered before the next
+            self._asked = True
             try:
                 self.conn.send((kind, payload))
                 status, value = self.conn.recv()
@@ -235,6 +237,9 @@ class AgentRunStore:
         """Let the agent go and reap it (it exits at once when told)."""
         if self.pid <= 0:
             return
+        if not self._asked:  # e.g. bad parameters: stop it mid-import, it wrote nothing
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
         try:
             with self._lock:
                 self.conn.send(("quit", None))

@@ -146,3 +146,19 @@ def test_runs_of_a_dead_runner_are_marked_killed(tracking_uri, experiment_name):
     assert len(runs_of(experiment_name)) == 3
     for r in (mine, other_host):
         client.set_terminated(r.info.run_id, "KILLED")
+
+
+def test_the_runner_process_leaves_mlflow_to_its_store_agent():
+    """`workbench run` imports MLflow only in its forked store agent (run_store): imported
+    in the runner itself it would hold the GIL for a second while the kernel starts."""
+    code = (
+        "import sys\n"
+        "from workbench import notebook_exec, run_store, runner\n"
+        "from workbench.config import get_settings\n"
+        f"job = runner.prepare_job({str(TRACKED)!r}, texts=[('lr', '0.2')])\n"
+        "runner.kernel_env(job, get_settings())\n"
+        "runner.header_text(job, None, None, 'STARTING', None)\n"
+        "assert 'mlflow' not in sys.modules, 'the runner process imported mlflow'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -253,8 +253,8 @@ def execute(
             if state.get("interrupted"):
                 interrupted = KeyboardInterrupt()
                 break
-            if state.get("handoff_failed"):
-                break
+            if state.get("handoff_failed") or (begun.done() and begun.exception()):
+                break  # no run to hand over: retrying the kernel would not help
             if status == "FINISHED" or state["started"] or attempt > retries:
                 break
             time.sleep(attempt)  # the kernel never started (papermill#511 port race): retry

@@ -4,7 +4,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.ensemble import (
+    AdaBoostClassifier,
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+)
 from sklearn.linear_model import LogisticRegression
 
 from workbench import evaluation, models, tracking
@@ -202,3 +206,23 @@ def test_schema_only_audit_agrees_with_skops_on_other_models(fitted):
         pipe = make_pipeline(estimator, split.X_train).fit(split.X_train, split.y_train)
         payload, schema = models._skops_archive(models.compact(pipe))
         assert models._untrusted_in_schema(schema) == sorted(sio.get_untrusted_types(data=payload))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GradientBoostingClassifier(n_estimators=15, random_state=0),
+        lambda: GradientBoostingClassifier(n_estimators=15, loss="exponential", random_state=0),
+        lambda: HistGradientBoostingClassifier(max_iter=15, early_stopping=False),
+        lambda: AdaBoostClassifier(n_estimators=15),
+    ],
+    ids=["gbm", "gbm-exponential", "hist-gbm", "adaboost"],
+)
+def test_staged_probabilities_match_the_models_own(fitted, make):
+    _, split = fitted
+    pipe = make_pipeline(make(), split.X_train).fit(split.X_train, split.y_train)
+    X = pipe[:-1].transform(split.X_val)
+    expected = np.stack([p[:, 1] for p in pipe[-1].staged_predict_proba(X)])
+    np.testing.assert_allclose(
+        evaluation._staged_positive_proba(pipe[-1], X), expected, rtol=1e-12, atol=1e-15
+    )

@@ -148,6 +148,29 @@ def evaluate_classifier(
     return metrics
 
 
+def _staged_positive_proba(estimator, X) -> np.ndarray:
+    """Stages x rows: the positive class's probability after each boosting stage.
+
+    A binary scikit-learn gradient-boosting model with the log-loss has the log-odds as its
+    decision function: stacking the stages' decision values and applying the logistic
+    function once gives exactly ``staged_predict_proba``, without building a two-column
+    probability array per stage (a third of the time on 400 stages). Any other model goes
+    through its own ``staged_predict_proba``.
+    """
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
+
+    log_odds = (
+        isinstance(estimator, GradientBoostingClassifier | HistGradientBoostingClassifier)
+        and getattr(estimator, "loss", None) == "log_loss"
+        and len(getattr(estimator, "classes_", ())) == 2
+    )
+    if log_odds:
+        from scipy.special import expit
+
+        return expit(np.stack([s.ravel() for s in estimator.staged_decision_function(X)]))
+    return np.stack([s[:, 1] for s in estimator.staged_predict_proba(X)])
+
+
 def log_learning_curves(
     model,
     X_train,
@@ -194,8 +217,7 @@ def log_learning_curves(
     for name, X, y in (("train", X_train, y_train), ("val", X_val, y_val)):
         Xt = head.transform(X) if head is not None else X
         y = np.asarray(y).astype(int)
-        # stages x rows: the positive class's probability after each stage
-        p = np.stack([s[:, 1] for s in estimator.staged_predict_proba(Xt)])[::every]
+        p = _staged_positive_proba(estimator, Xt)[::every]
         curves[f"{name}_accuracy"] = ((p >= 0.5) == (y == 1)).mean(axis=1)
         p = np.clip(p, 1e-15, 1 - 1e-15)
         curves[f"{name}_log_loss"] = -np.where(y == 1, np.log(p), np.log1p(-p)).mean(axis=1)

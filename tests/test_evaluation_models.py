@@ -226,3 +226,18 @@ def test_staged_probabilities_match_the_models_own(fitted, make):
     np.testing.assert_allclose(
         evaluation._staged_positive_proba(pipe[-1], X), expected, rtol=1e-12, atol=1e-15
     )
+
+
+def test_learning_curves_take_numpy_arrays_too(tracking_uri, experiment_name, fitted):
+    pipe, split = fitted
+    est = pipe[-1]
+    Xt, Xv = pipe[:-1].transform(split.X_train), pipe[:-1].transform(split.X_val)
+    with tracking.start_run(experiment_name, algorithm="gbm"):
+        curves = evaluation.log_learning_curves(
+            est, np.asarray(Xt), np.asarray(split.y_train), np.asarray(Xv), split.y_val,
+            train_rows=100, max_points=10,
+        )  # fmt: skip
+    assert len(curves) == est.n_estimators_
+    assert curves["val_accuracy"].iloc[-1] == pytest.approx(
+        float(np.mean(est.predict(Xv) == np.asarray(split.y_val)))
+    )

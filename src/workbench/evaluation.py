@@ -148,7 +148,7 @@ def evaluate_classifier(
     return metrics
 
 
-def _staged_positive_proba(estimator, X) -> np.ndarray:
+def _staged_positive_proba(estimator, X, every: int = 1) -> np.ndarray:
     """Stages x rows: the positive class's probability after each boosting stage.
 
     A binary scikit-learn gradient-boosting model with the log-loss has the log-odds as its
@@ -157,6 +157,8 @@ def _staged_positive_proba(estimator, X) -> np.ndarray:
     probability array per stage (a third of the time on 400 stages). Any other model goes
     through its own ``staged_predict_proba``.
     """
+    from itertools import islice
+
     from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 
     log_odds = (
@@ -167,8 +169,10 @@ def _staged_positive_proba(estimator, X) -> np.ndarray:
     if log_odds:
         from scipy.special import expit
 
-        return expit(np.stack([s.ravel() for s in estimator.staged_decision_function(X)]))
-    return np.stack([s[:, 1] for s in estimator.staged_predict_proba(X)])
+        stages = islice(estimator.staged_decision_function(X), 0, None, every)
+        return expit(np.stack([s.ravel() for s in stages]))
+    stages = islice(estimator.staged_predict_proba(X), 0, None, every)  # only kept stages
+    return np.stack([s[:, 1] for s in stages])
 
 
 def log_learning_curves(
@@ -212,12 +216,13 @@ def log_learning_curves(
         )
     if train_rows is not None and len(X_train) > train_rows:
         pick = np.sort(np.random.default_rng(0).choice(len(X_train), train_rows, replace=False))
-        X_train, y_train = X_train.iloc[pick], np.asarray(y_train)[pick]
+        X_train = X_train.iloc[pick] if hasattr(X_train, "iloc") else X_train[pick]
+        y_train = np.asarray(y_train)[pick]
     curves: dict[str, np.ndarray] = {}
     for name, X, y in (("train", X_train, y_train), ("val", X_val, y_val)):
         Xt = head.transform(X) if head is not None else X
         y = np.asarray(y).astype(int)
-        p = _staged_positive_proba(estimator, Xt)[::every]
+        p = _staged_positive_proba(estimator, Xt, every)
         curves[f"{name}_accuracy"] = ((p >= 0.5) == (y == 1)).mean(axis=1)
         p = np.clip(p, 1e-15, 1 - 1e-15)
         curves[f"{name}_log_loss"] = -np.where(y == 1, np.log(p), np.log1p(-p)).mean(axis=1)
@@ -225,7 +230,9 @@ def log_learning_curves(
         ["train_accuracy", "val_accuracy", "train_log_loss", "val_log_loss"]
     ]
     table.index = pd.Index(np.arange(len(table)) * every, name="step")
-    stride = math.ceil(len(table) / max_points) if max_points else 1
+    # every stride-th stage plus the last stays within max_points
+    stride = math.ceil((len(table) - 1) / max(max_points - 1, 1)) if max_points else 1
+    stride = max(stride, 1)
     shown = table.iloc[sorted({*range(0, len(table), stride), len(table) - 1})]
     with StepLogger() as steps:
         for step, row in zip(shown.index, shown.to_dict("records"), strict=True):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import threading
 import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -153,6 +154,19 @@ def _untrusted_in_schema(schema: str) -> list[str]:
     return sorted(get_tree(state, context, trusted=None).get_unsafe_set())
 
 
+def _trusted_for(payload: bytes, schema: str) -> list[str]:
+    """The schema-only audit, or skops' public one if its internals ever change."""
+    try:
+        return _untrusted_in_schema(schema)
+    except Exception:  # noqa: BLE001 - private skops API moved: the public call is exact too
+        import skops.io as sio
+
+        return sorted(sio.get_untrusted_types(data=payload))
+
+
+_SAVE_LOCK = threading.RLock()
+
+
 @contextmanager
 def _serialize_once(model, payload: bytes, trusted: list[str]):
     """While MLflow saves ``model``, serialize it once and parse it never.
@@ -168,6 +182,7 @@ def _serialize_once(model, payload: bytes, trusted: list[str]):
     """
     import skops.io as sio
 
+    _SAVE_LOCK.acquire()  # one save at a time: concurrent swaps would restore each other's
     original_dump, original_load = sio.dump, sio.load
     written: set[str] = set()
 
@@ -196,6 +211,7 @@ def _serialize_once(model, payload: bytes, trusted: list[str]):
         yield
     finally:
         sio.dump, sio.load = original_dump, original_load
+        _SAVE_LOCK.release()
 
 
 def compact(model):
@@ -269,7 +285,7 @@ def log_model(
         signature = infer_signature(sample, model.predict(sample))
     lean = compact(model)
     payload, schema = _skops_archive(lean)
-    trusted = _untrusted_in_schema(schema)
+    trusted = _trusted_for(payload, schema)
     with _serialize_once(lean, payload, trusted):
         return mlflow.sklearn.log_model(
             lean,

@@ -172,8 +172,9 @@ def _agent_main(conn, other, runner_pid: int) -> None:
                 with contextlib.suppress(Exception):  # the index, while the notebook runs
                     import workbench.reports  # noqa: F401
             elif kind == "end":
-                ended = True
-                _send(conn, ("ok", end_run(payload)))
+                done = end_run(payload)
+                ended = True  # only once the status is recorded: else the KILLED fallback runs
+                _send(conn, ("ok", done))
         except Exception as exc:
             _send(conn, ("error", f"{type(exc).__name__}: {exc}"))
     if run_id is not None and not ended:  # the runner died before ending its run

@@ -258,6 +258,9 @@ def execute(
             if status == "FINISHED" or state["started"] or attempt > retries:
                 break
             time.sleep(attempt)  # the kernel never started (papermill#511 port race): retry
+    except KeyboardInterrupt:  # Ctrl-C before papermill took over: the run is KILLED, not FAILED
+        result.status, result.reason = "KILLED", "interrupted (Ctrl-C)"
+        interrupted = KeyboardInterrupt()
     finally:
         result.duration = time.perf_counter() - t0
         try:

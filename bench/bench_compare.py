@@ -72,7 +72,8 @@ def _fill(db: str, exp_id: str, n: int, seed: int = 0) -> None:
 def run() -> list[Result]:
     import mlflow
 
-    from workbench import compare, store
+    from workbench import compare
+    from workbench.core import store
 
     with temp_store() as uri:
         client = store.connect()

@@ -98,7 +98,8 @@ def _ours_time_to_target(
     ``defaults_first`` as shipped (trial 0 tries the family's usual settings) or pure TPE."""
     import mlflow
 
-    from workbench import search, store
+    from workbench import search
+    from workbench.core import store
 
     store.connect()
     hit: dict[str, float] = {}
@@ -130,7 +131,8 @@ def _seconds_per_trial(n_workers: int, folder: Path) -> tuple[float, int, float]
     excluded). Fixed workload: xgboost, 150 rounds, 3-fold CV on 5,000 churn rows."""
     import mlflow
 
-    from workbench import search, store
+    from workbench import search
+    from workbench.core import store
 
     store.connect()
     storage = f"journal:{folder / f'study-{n_workers}.log'}"

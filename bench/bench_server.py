@@ -95,7 +95,8 @@ def _tracking_uri(uri: str):
 def _steps(url: str, kind: str, startup: float) -> Result:
     import mlflow
 
-    from workbench import store, tracking
+    from workbench import tracking
+    from workbench.core import store
 
     with _tracking_uri(url):
         exp = store.experiment_id("bench-server-steps")

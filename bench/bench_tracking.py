@@ -21,7 +21,7 @@ FULL = Path(__file__).resolve().parents[1] / "params" / "01-manual-tracking" / "
 def _churn(n_rows: int, n_estimators: int, seed: int = 0, **gbm):
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from workbench import data
+    from workbench.tracking import data
 
     ds = data.load_dataset("churn", seed=seed, n_rows=n_rows)
     split = ds.split(seed=seed)
@@ -45,7 +45,8 @@ def _full_size() -> dict:
 def bench_step_metrics() -> Result:
     import mlflow
 
-    from workbench import store, tracking
+    from workbench import tracking
+    from workbench.core import store
 
     with temp_store():
         exp = store.experiment_id("bench-steps")
@@ -80,7 +81,8 @@ def bench_log_model() -> Result:
     import mlflow
     from mlflow.models import infer_signature
 
-    from workbench import models, store
+    from workbench.core import store
+    from workbench.tracking import models
 
     _, split, model = _churn(4000, 150)  # notebook 01's default model
     model.fit(split.X_train, split.y_train)
@@ -191,7 +193,8 @@ def _article_run(exp: str, model, split) -> tuple[float, float]:
 
 def _workbench_run(exp_name: str, ds, model, split) -> tuple[float, float]:
     """Notebook 01's sequence, timed: (total seconds, of which training)."""
-    from workbench import evaluation, models, tracking
+    from workbench import tracking
+    from workbench.tracking import evaluation, models
 
     t0 = time.perf_counter()
     run = tracking.start_run(
@@ -213,7 +216,7 @@ def _workbench_run(exp_name: str, ds, model, split) -> tuple[float, float]:
 def _shares(model_args: dict, rounds: int, article: bool = True):
     """Alternating rounds of the article's run and ours on one model; returns the medians
     (article tracking, article fit, our tracking, our fit) and our per-round tracking."""
-    from workbench import store
+    from workbench.core import store
 
     ds, split, model = _churn(**model_args)
     with temp_store():

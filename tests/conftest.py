@@ -34,7 +34,7 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh embedded store in a temporary folder, set as MLFLOW_TRACKING_URI."""
     import mlflow
 
-    from workbench import store
+    from workbench.core import store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from workbench import config
+from workbench.core import config
 
 
 def test_env_wins_and_artifacts_sit_beside_the_database(tmp_path, monkeypatch):
@@ -49,7 +49,7 @@ def test_import_has_no_side_effects(tmp_path):
     import subprocess
     import sys
 
-    code = "import sys, workbench, workbench.config; print('mlflow' in sys.modules)"
+    code = "import sys, workbench, workbench.core.config; print('mlflow' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     )

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from workbench.data import DataError, fingerprint, load_dataset, make_churn
+from workbench.tracking.data import DataError, fingerprint, load_dataset, make_churn
 
 
 def test_churn_is_deterministic_realistic_and_learnable():
@@ -17,7 +17,7 @@ def test_churn_is_deterministic_realistic_and_learnable():
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from workbench.data import make_pipeline
+    from workbench.tracking.data import make_pipeline
 
     split = load_dataset("churn", seed=7, n_rows=3000).split(seed=7)
     pipe = make_pipeline(LogisticRegression(max_iter=500), split.X_train).fit(

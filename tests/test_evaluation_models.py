@@ -11,8 +11,9 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 
-from workbench import evaluation, models, tracking
-from workbench.data import load_dataset, make_pipeline
+from workbench import tracking
+from workbench.tracking import evaluation, models
+from workbench.tracking.data import load_dataset, make_pipeline
 
 
 @pytest.fixture(scope="module")

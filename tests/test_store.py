@@ -6,14 +6,14 @@ import time
 import mlflow
 import pytest
 
-from workbench import store
+from workbench.core import store
 
 WORKER = textwrap.dedent(
     """
     import sys, time
     start_at, name, i = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     import mlflow
-    from workbench import store
+    from workbench.core import store
     time.sleep(max(0.0, start_at - time.time()))   # all processes hit the fresh store together
     exp_id = store.experiment_id(name)
     store.connect()

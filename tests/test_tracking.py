@@ -1,8 +1,9 @@
 import mlflow
 import pytest
 
-from workbench import store, tracking
-from workbench.data import load_dataset
+from workbench import tracking
+from workbench.core import store
+from workbench.tracking.data import load_dataset
 
 
 def test_run_name_convention():

@@ -1,9 +1,12 @@
 """workbench: a Jupyter-first experimentation workbench on MLflow.
 
-The package is small modules with one concern each; importing ``workbench`` is cheap and
-imports none of them (MLflow included) until they are used::
+The package is a house of layers (docs/ARCHITECTURE.md): ``core`` at the bottom,
+``tracking`` (what notebooks use) on it, the workflows (``run``, ``search``, ``compare``,
+``registry``, ``serve``, ``server``, ``widgets``) above, and the ``cli`` on top. Importing
+``workbench`` is cheap: nothing below is imported (MLflow included) until it is used::
 
     from workbench import data, tracking, evaluation, models
+    from workbench import search, compare, registry, serve
 """
 
 from __future__ import annotations
@@ -13,24 +16,30 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# The modules notebooks and users reach for; the rest (compare_*, search_*, batch, jobs,
-# notebook_*, ports, serving_*) are their parts, importable all the same.
+# Short names notebooks use for modules that live deeper in the house.
+_ALIASES = {
+    "data": "workbench.tracking.data",
+    "evaluation": "workbench.tracking.evaluation",
+    "models": "workbench.tracking.models",
+    "config": "workbench.core.config",
+    "store": "workbench.core.store",
+    "serving": "workbench.serve",  # the name notebooks used before 0.2
+}
+
 __all__ = [
     "__version__",
     "cli",
     "compare",
     "config",
+    "core",
     "data",
-    "doctor",
     "evaluation",
-    "lab",
     "models",
     "registry",
-    "reports",
-    "runner",
+    "run",
     "search",
+    "serve",
     "server",
-    "serving",
     "store",
     "tracking",
     "widgets",
@@ -38,7 +47,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``workbench.tracking`` and friends, imported on first use."""
+    """``workbench.data``, ``workbench.search`` and friends, imported on first use."""
+    if name in _ALIASES:
+        return importlib.import_module(_ALIASES[name])
     if not name.startswith("_"):
         try:
             return importlib.import_module(f"workbench.{name}")

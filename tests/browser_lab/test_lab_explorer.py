@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.ports import free_port, wait_http
+from workbench.core.ports import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_NAMES = [f"browser-run-{i}" for i in range(6)]

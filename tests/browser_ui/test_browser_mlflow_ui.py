@@ -28,7 +28,7 @@ def _notebook(path: Path) -> Path:
     )
     params.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
-        "from workbench.tracking import StepLogger, start_run\n"
+        "from workbench.tracking.runs import StepLogger, start_run\n"
         'run = start_run(experiment_name, algorithm="uitest", key_params={"seed": seed}, params={"seed": seed})\n'
         "with StepLogger() as steps:\n"
         "    for s in range(n_steps):\n"
@@ -83,7 +83,7 @@ def filled_store(chromium, tmp_path, monkeypatch):
     """A project with its own SQLite store holding two runs, each with an executed notebook.
 
     Asks for ``chromium`` first, so a missing browser skips (or fails) before anything starts."""
-    from workbench import store
+    from workbench.core import store
 
     project = tmp_path / "project"
     project.mkdir()
@@ -93,7 +93,7 @@ def filled_store(chromium, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     env = {**os.environ}
     try:
-        from workbench import runner
+        from workbench.run import runner
 
         has_runner = hasattr(runner, "batch_command")
     except ImportError:
@@ -111,8 +111,8 @@ def ui_process(filled_store):
     """`workbench ui` on a free port; stopped with SIGTERM (as Ctrl-C would) at the end."""
     import psutil
 
-    from workbench.ports import free_port, wait_http
-    from workbench.server import health
+    from workbench.core.ports import free_port, wait_http
+    from workbench.server.team import health
 
     project, env = filled_store
     port = free_port()

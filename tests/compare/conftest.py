@@ -12,7 +12,7 @@ def _plain_store(tmp_path_factory):
 
     import mlflow
 
-    from workbench import store
+    from workbench.core import store
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('compare-store') / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:

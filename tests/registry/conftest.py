@@ -10,7 +10,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-from workbench import data, evaluation, models, tracking
+from workbench import tracking
+from workbench.tracking import data, evaluation, models
 
 
 @dataclass

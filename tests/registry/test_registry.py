@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from workbench import registry
+from workbench.core import store
 
 
 def test_beats_is_direction_aware():
@@ -58,7 +59,7 @@ def test_refused_then_override_then_rollback(candidates, model_name):
     assert str(registry.get_version(model_name).version) == "1", (
         "a refusal leaves the champion alone"
     )
-    tags = registry._client().get_model_version(model_name, "2").tags
+    tags = store.connect().get_model_version(model_name, "2").tags
     assert tags["workbench.refused.champion_version"] == "1"
     assert float(tags["workbench.refused.champion_score"]) == pytest.approx(
         r.champion_score, abs=1e-6
@@ -67,7 +68,7 @@ def test_refused_then_override_then_rollback(candidates, model_name):
     forced = registry.promote(model_name, X, y, override=True, reason="demo of an override")
     assert forced.promoted and forced.override
     assert str(registry.get_version(model_name).version) == "2"
-    tags = registry._client().get_model_version(model_name, "2").tags
+    tags = store.connect().get_model_version(model_name, "2").tags
     assert tags["workbench.promotion.override"] == "true"
     assert tags["workbench.promotion.decision"] == "override"
     assert tags["workbench.promotion.reason"] == "demo of an override"
@@ -78,19 +79,16 @@ def test_refused_then_override_then_rollback(candidates, model_name):
         forced.challenger_score, abs=1e-6
     )
     assert (
-        registry._client().get_model_version(model_name, "1").tags["workbench.demoted.replaced_by"]
+        store.connect().get_model_version(model_name, "1").tags["workbench.demoted.replaced_by"]
         == "2"
     )
 
     back = registry.rollback(model_name, reason="override was a mistake")
     assert (back.from_version, back.to_version) == ("2", "1")
     assert str(registry.get_version(model_name).version) == "1"
+    assert store.connect().get_model_version(model_name, "1").tags["workbench.rollback.from"] == "2"
     assert (
-        registry._client().get_model_version(model_name, "1").tags["workbench.rollback.from"] == "2"
-    )
-    assert (
-        registry._client().get_model_version(model_name, "2").tags["workbench.rolled_back.to"]
-        == "1"
+        store.connect().get_model_version(model_name, "2").tags["workbench.rolled_back.to"] == "1"
     )
     with pytest.raises(registry.RegistryError, match="no earlier champion is recorded"):
         registry.rollback(model_name)
@@ -159,6 +157,6 @@ def test_a_champion_that_cannot_be_scored_needs_an_override(candidates, model_na
     forced = registry.promote(model_name, X, y, override=True, reason="champion files lost")
     assert forced.promoted and forced.override and forced.champion_score is None
     assert "could not be scored" in forced.summary()
-    tags = registry._client().get_model_version(model_name, "2").tags
+    tags = store.connect().get_model_version(model_name, "2").tags
     assert tags["workbench.promotion.decision"] == "override"
     assert tags["workbench.promotion.champion_score"] == ""

@@ -10,17 +10,18 @@ import nbformat
 import pytest
 from runner_helpers import NOTEBOOKS, runs_of
 
-from workbench import cli, runner
+from workbench import cli
+from workbench.core import names
 
 pytestmark = pytest.mark.slow
 
 
 def _report_files(run) -> tuple[Path, Path]:
-    from workbench.config import get_settings
+    from workbench.core.config import get_settings
 
     project = get_settings().project_dir
-    ipynb = project / run.data.tags[runner.TAG_REPORT]
-    html = project / run.data.tags[runner.TAG_REPORT_HTML]
+    ipynb = project / run.data.tags[names.TAG_REPORT]
+    html = project / run.data.tags[names.TAG_REPORT_HTML]
     return ipynb, html
 
 
@@ -40,8 +41,8 @@ def test_run_logs_into_the_runners_run_and_reports(project, experiment_name, cap
     assert run.data.params["lr"] == "0.2"
     tags = run.data.tags
     assert tags["mlflow.source.name"] == str(NOTEBOOKS / "tracked.ipynb")
-    assert json.loads(tags[runner.TAG_PARAMS])["experiment_name"] == experiment_name
-    assert tags[runner.TAG_LABEL] == "lr=0.2-depth=4"
+    assert json.loads(tags[names.TAG_PARAMS])["experiment_name"] == experiment_name
+    assert tags[names.TAG_LABEL] == "lr=0.2-depth=4"
     ipynb, html = _report_files(run)
     assert ipynb.parent == project / "runs_reports" / experiment_name
     assert ipynb.name.endswith("-tracked-lr=0.2-depth=4.ipynb") and html.exists()
@@ -61,7 +62,7 @@ def test_run_logs_into_the_runners_run_and_reports(project, experiment_name, cap
 def test_a_notebook_that_never_heard_of_the_workbench(project, capsys):
     assert cli.main(["run", str(NOTEBOOKS / "plain.ipynb"), "--label", "bare"]) == 0
     (run,) = runs_of("plain")  # no --experiment and no experiment_name: the notebook's stem
-    assert run.info.status == "FINISHED" and run.data.tags[runner.TAG_LABEL] == "bare"
+    assert run.info.status == "FINISHED" and run.data.tags[names.TAG_LABEL] == "bare"
     ipynb, html = _report_files(run)
     executed = nbformat.read(ipynb, as_version=4)
     assert any("x is 2" in str(c.get("outputs")) for c in executed.cells)
@@ -83,7 +84,7 @@ def test_failures_end_truthfully(project, run_cli, experiment_name, fixture, arg
     assert res.returncode == 1, res.stdout + res.stderr
     (run,) = runs_of(experiment_name)
     assert run.info.status == status, run.data.tags
-    assert why in run.data.tags[runner.TAG_REASON]
+    assert why in run.data.tags[names.TAG_REASON]
     assert run.info.end_time is not None
     assert status in res.stdout and run.info.run_id in res.stdout and why in res.stdout
     ipynb, html = _report_files(run)

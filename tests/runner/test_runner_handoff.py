@@ -19,7 +19,8 @@ import psutil
 import pytest
 from runner_helpers import NOTEBOOKS, WORKBENCH, runs_of
 
-from workbench import cli, runner, store
+from workbench import cli
+from workbench.core import names, store
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def test_first_cell_already_runs_inside_the_runners_run(project, run_cli, experi
     assert res.returncode == 0, res.stdout + res.stderr
     (run,) = runs_of(experiment_name)
     assert run.info.status == "FINISHED" and run.data.metrics["first_cell"] == 1.0
-    report = project / run.data.tags[runner.TAG_REPORT]
+    report = project / run.data.tags[names.TAG_REPORT]
     cells = nbformat.read(report, as_version=4).cells
     assert len(cells) == 3  # header + the notebook's own two cells: the hand-over is no cell
     code = cells[2]
@@ -94,7 +95,7 @@ def test_a_killed_runner_has_its_run_marked_killed_by_its_agent(project, experim
         agents[0].wait(timeout=120)  # it sees the runner gone, ends the run and exits
         (run,) = runs_of(experiment_name)
         assert run.info.status == "KILLED"
-        assert f"runner process {proc.pid} died" in run.data.tags[runner.TAG_REASON]
+        assert f"runner process {proc.pid} died" in run.data.tags[names.TAG_REASON]
     finally:
         for p in [proc, *kernels, *agents]:
             with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from runner_helpers import NOTEBOOKS, runs_of
 
-from workbench import batch, cli, notebook_params, runner, store
+from workbench import cli
+from workbench.core import names, store
+from workbench.run import batch, recovery, runner
+from workbench.run import params as notebook_params
 
 TRACKED = NOTEBOOKS / "tracked.ipynb"
 PLAIN = NOTEBOOKS / "plain.ipynb"
@@ -132,15 +135,15 @@ def test_runs_of_a_dead_runner_are_marked_killed(tracking_uri, experiment_name):
     client = store.connect()
     exp = store.experiment_id(experiment_name)
     host = socket.gethostname()
-    orphan = client.create_run(exp, tags={runner.TAG_PID: str(dead.pid), runner.TAG_HOST: host})
-    mine = client.create_run(exp, tags=runner.runner_tags())
+    orphan = client.create_run(exp, tags={names.TAG_PID: str(dead.pid), names.TAG_HOST: host})
+    mine = client.create_run(exp, tags=recovery.runner_tags())
     other_host = client.create_run(
-        exp, tags={runner.TAG_PID: str(dead.pid), runner.TAG_HOST: "elsewhere"}
+        exp, tags={names.TAG_PID: str(dead.pid), names.TAG_HOST: "elsewhere"}
     )
-    killed = runner.recover_stale_runs(client)
+    killed = recovery.recover_stale_runs(client)
     assert orphan.info.run_id in killed
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
-    assert "died" in client.get_run(orphan.info.run_id).data.tags[runner.TAG_REASON]
+    assert "died" in client.get_run(orphan.info.run_id).data.tags[names.TAG_REASON]
     assert client.get_run(mine.info.run_id).info.status == "RUNNING"  # its runner is alive
     assert client.get_run(other_host.info.run_id).info.status == "RUNNING"  # cannot tell
     assert len(runs_of(experiment_name)) == 3
@@ -153,8 +156,8 @@ def test_the_runner_process_leaves_mlflow_to_its_store_agent():
     in the runner itself it would hold the GIL for a second while the kernel starts."""
     code = (
         "import sys\n"
-        "from workbench import notebook_exec, run_store, runner\n"
-        "from workbench.config import get_settings\n"
+        "from workbench.run import agent, engine, runner\n"
+        "from workbench.core.config import get_settings\n"
         f"job = runner.prepare_job({str(TRACKED)!r}, texts=[('lr', '0.2')])\n"
         "runner.kernel_env(job, get_settings())\n"
         "runner.header_text(job, None, None, 'STARTING', None)\n"

@@ -7,7 +7,8 @@ import shutil
 import pytest
 from runner_helpers import NOTEBOOKS, runs_of
 
-from workbench import cli, reports
+from workbench import cli
+from workbench.run import reports
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from workbench import search, tracking
-from workbench.spaces import SearchSpaceError, parse_dim, resolve_space
+from workbench.search.spaces import SearchSpaceError, parse_dim, resolve_space
 
 
 def _children(parent_run_id: str) -> dict[str, mlflow.entities.Run]:
@@ -62,7 +62,7 @@ def test_trials_are_nested_child_runs_with_states(tracking_uri, experiment_name)
     assert {"search/optimization_history.png", "search/slice.png", "search/trials.csv"} <= artifacts
     assert "val_roc_auc" in result.val_metrics
 
-    from workbench.models import load_model
+    from workbench.tracking.models import load_model
 
     predictions = load_model(result.model_uri).predict(s.split.X_test.head(3))
     assert len(predictions) == 3

@@ -14,7 +14,10 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-from workbench import data, models, registry, serving, store, tracking
+from workbench import registry, tracking
+from workbench import serve as serving
+from workbench.core import store
+from workbench.tracking import data, models
 
 
 @dataclass

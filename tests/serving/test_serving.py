@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import requests
 
-from workbench import registry, serving
+from workbench import registry
+from workbench import serve as serving
 
 
 def split_body(frame) -> dict:

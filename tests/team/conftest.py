@@ -93,7 +93,7 @@ def run_cli():
 def team_server(pg, tmp_path_factory):
     """``workbench server start`` on PostgreSQL (a plain ``postgresql://`` URL, rewritten to
     psycopg 3 by the workbench); stopped with ``workbench server stop`` at the end."""
-    from workbench.server import free_port
+    from workbench.server.team import free_port
 
     project = tmp_path_factory.mktemp("team-project")
     db_url = pg.create_database("wb_team")
@@ -141,7 +141,7 @@ def use_server(monkeypatch):
     """Point this test (env and mlflow's fluent API) at a server: call it with the URL."""
     import mlflow
 
-    from workbench import store
+    from workbench.core import store
 
     used: list[str] = []
 

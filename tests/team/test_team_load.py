@@ -48,7 +48,7 @@ def _notebook(path: Path) -> Path:
     body = nbformat.v4.new_code_cell(
         "import time\n"
         "import mlflow\n"
-        "from workbench.tracking import StepLogger, start_run\n\n"
+        "from workbench.tracking.runs import StepLogger, start_run\n\n"
         'run = start_run(experiment_name, algorithm="load", params={"seed": seed, "n_steps": n_steps})\n'
         "with StepLogger() as steps:\n"
         "    for s in range(n_steps):\n"

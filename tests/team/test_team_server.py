@@ -138,8 +138,9 @@ def test_stop_then_start_again_keeps_the_data(team_server, use_server, experimen
 def test_workbench_helpers_work_against_the_server(team_server, use_server, experiment_name):
     from sklearn.linear_model import LogisticRegression
 
-    from workbench import evaluation, models, tracking
-    from workbench.data import load_dataset, make_pipeline
+    from workbench import tracking
+    from workbench.tracking import evaluation, models
+    from workbench.tracking.data import load_dataset, make_pipeline
 
     use_server(team_server.url)
     ds = load_dataset("churn", seed=3, n_rows=600)

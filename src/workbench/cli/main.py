@@ -1,0 +1,216 @@
+"""The ``workbench`` command: thin argument parsing over the package's modules.
+
+Exit codes: 0 success, 1 a notebook or job failed, 2 bad usage or bad parameters (nothing ran).
+Each subcommand imports its module only when it runs, so ``workbench --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from workbench.core.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+
+
+def _cmd_doctor(a: argparse.Namespace) -> int:
+    from workbench.cli import doctor
+
+    return doctor.main()
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from workbench.run import commands
+
+    return commands.run_command(
+        a.notebook,
+        parameters=a.param,
+        params_files=a.params_file,
+        experiment=a.experiment,
+        timeout=a.timeout,
+        label=a.label,
+    )
+
+
+def _cmd_batch(a: argparse.Namespace) -> int:
+    from workbench.run import commands
+
+    return commands.batch_command(
+        a.paths, jobs=a.jobs, resume=a.resume, dry_run=a.dry_run, timeout=a.timeout
+    )
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from workbench.run import reports
+
+    path = reports.build_index()
+    print(f"report index: {path}")
+    return EXIT_OK
+
+
+def _cmd_ui(a: argparse.Namespace) -> int:
+    from workbench import server
+
+    return server.ui(host=a.host, port=a.port)
+
+
+def _cmd_lab(a: argparse.Namespace) -> int:
+    from workbench.server import lab
+
+    return lab.main(port=a.port, ui_port=a.ui_port, host=a.host)
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from workbench import serve as serving
+
+    return serving.serve(a.model_uri, host=a.host, port=a.port, refresh_interval=a.refresh_interval)
+
+
+def _cmd_server(a: argparse.Namespace) -> int:
+    from workbench import server
+
+    if a.action == "start":
+        return server.start(
+            backend_store_uri=a.backend_store_uri,
+            artifacts_destination=a.artifacts_destination,
+            host=a.host,
+            port=a.port,
+            auth=a.auth,
+        )
+    if a.action == "stop":
+        return server.stop()
+    return server.status()
+
+
+def _cmd_search_worker(a: argparse.Namespace) -> int:
+    from workbench import search
+
+    return search.worker_command(
+        study=a.study, storage=a.storage, n_trials=a.trials, timeout=a.timeout
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="workbench",
+        description="Jupyter-first experimentation workbench on MLflow.",
+        epilog="Exit codes: 0 success, 1 a notebook or job failed, 2 bad usage or parameters.",
+    )
+    from workbench import __version__
+
+    p.add_argument("--version", action="version", version=f"workbench {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser(
+        "doctor", help="check Python, packages, kernel, store and git; say what to fix"
+    )
+    s.set_defaults(func=_cmd_doctor)
+
+    s = sub.add_parser("run", help="execute one notebook headlessly as one MLflow run")
+    s.add_argument("notebook")
+    s.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (repeatable)",
+    )
+    s.add_argument(
+        "-f",
+        "--params-file",
+        action="append",
+        default=[],
+        metavar="PARAMS.yaml",
+        help="YAML mapping of parameters (repeatable)",
+    )
+    s.add_argument(
+        "--experiment", help="experiment name (default: the notebook's experiment_name parameter)"
+    )
+    s.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="seconds a cell may run"
+    )
+    s.add_argument(
+        "--label", default=None, help="label for the report file name (default: derived)"
+    )
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("batch", help="run batch files (notebook + parameter grid) in parallel")
+    s.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    s.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="kernels in parallel")
+    s.add_argument(
+        "--resume", action="store_true", help="skip parameter sets that already FINISHED"
+    )
+    s.add_argument("--dry-run", action="store_true", help="list the expanded jobs, run nothing")
+    s.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="seconds a cell may run"
+    )
+    s.set_defaults(func=_cmd_batch)
+
+    s = sub.add_parser("report", help="(re)build runs_reports/index.html and index.md")
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("ui", help="MLflow UI on the configured store, bound to 127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5000)
+    s.set_defaults(func=_cmd_ui)
+
+    s = sub.add_parser("lab", help="JupyterLab and the MLflow UI together, both on 127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8888)
+    s.add_argument("--ui-port", type=int, default=5000)
+    s.set_defaults(func=_cmd_lab)
+
+    s = sub.add_parser("serve", help="REST scoring of a logged or registered model")
+    s.add_argument("model_uri", metavar="MODEL_URI")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument(
+        "--refresh-interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how often an alias is re-resolved",
+    )
+    s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("server", help="team mode: an mlflow server on PostgreSQL")
+    s.add_argument("action", choices=["start", "stop", "status"])
+    s.add_argument("--backend-store-uri", metavar="URI")
+    s.add_argument("--artifacts-destination", metavar="PATH")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5000)
+    s.add_argument(
+        "--auth",
+        action="store_true",
+        help="enable MLflow's basic-auth app (password from $MLFLOW_AUTH_ADMIN_PASSWORD or a prompt)",
+    )
+    s.set_defaults(func=_cmd_server)
+
+    s = sub.add_parser("search-worker", help="join an Optuna study as one more worker")
+    s.add_argument("--study", required=True)
+    s.add_argument("--storage", required=True, metavar="URL")
+    s.add_argument("--trials", type=int, default=None, metavar="N")
+    s.add_argument("--timeout", type=float, default=None, metavar="S")
+    s.set_defaults(func=_cmd_search_worker)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"workbench {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

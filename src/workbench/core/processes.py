@@ -1,0 +1,68 @@
+"""Facts about processes: is a pid still the process we started, and stopping a group.
+
+A pid alone does not name a process for long: the kernel reuses pids. What does is the pid
+together with the process's start time in clock ticks since boot (field 22 of
+``/proc/<pid>/stat``). Ticks never move with the wall clock, unlike ``psutil``'s
+``create_time`` (boot time + ticks, where boot time is read from a clock an NTP step can
+shift), so ticks are what the workbench records and compares. Everything else about
+processes goes through psutil.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+
+def start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot, or "" when it is gone or unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def alive(pid: int, ticks: str = "") -> bool:
+    """True when ``pid`` runs (a zombie does not) and, if ``ticks`` is given, is the same
+    process as then."""
+    import psutil
+
+    if pid <= 0 or not psutil.pid_exists(pid) or process_state(pid) == "Z":
+        return False
+    now = start_ticks(pid)
+    return not ticks or not now or now == ticks
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process ("R", "S", "Z", ...) or "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def stop_group(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM the process group led by ``pid`` and its descendants, SIGKILL what is left
+    after ``timeout`` seconds, and reap them."""
+    import psutil
+
+    try:
+        members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    for p in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, left = psutil.wait_procs(members, timeout=timeout)
+    if left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        for p in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(left, timeout=5)

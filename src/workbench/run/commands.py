@@ -1,0 +1,151 @@
+"""The two commands that execute notebooks: ``workbench run`` (one) and ``workbench batch``.
+
+Both check every parameter before anything starts (exit 2, nothing written), execute with
+``runner.execute`` (one MLflow run per execution, ended truthfully), print what happened
+and rebuild the report index. Exit codes: 0 all FINISHED, 1 something failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from workbench.core.config import get_settings, run_url
+from workbench.core.errors import EXIT_FAILED, EXIT_OK, UsageError
+from workbench.run import agent, batch, reports, runner, startup
+from workbench.run.jobs import Job, JobResult, prepare_job
+
+
+def run_command(
+    notebook: str,
+    *,
+    parameters: list[list[str]],
+    params_files: list[str],
+    experiment: str | None,
+    timeout: float | None,
+    label: str | None,
+) -> int:
+    """``workbench run``: validate, execute, report. 0 ok, 1 failed; UsageError for bad input."""
+    import gc
+
+    startup.skip_slow_imports()
+
+    # First of all: fork the store agent, which imports MLflow on the other core while this
+    # process checks the parameters and starts the kernel (it writes nothing until `begin`).
+    side = agent.open_store()
+    gc.disable()  # start-up is imports (papermill, nbconvert): the collector only slows them
+    try:
+        job = prepare_run_job(notebook, parameters, params_files, experiment, timeout, label)
+        result = runner.execute(job, store=side, recover=True, rebuild_index=True, on_run=gc.enable)
+    finally:
+        gc.enable()
+        side.close()
+    print_result(result)
+    if startup.is_command_process():
+        gc.freeze()  # the exit's final collections would walk every object: 0.2 s for nothing
+    return EXIT_OK if result.status == "FINISHED" else EXIT_FAILED
+
+
+def prepare_run_job(
+    notebook: str,
+    parameters: list[list[str]],
+    params_files: list[str],
+    experiment: str | None,
+    timeout: float | None,
+    label: str | None,
+) -> Job:
+    texts = [(name, value) for name, value in parameters]
+    label_values = {n: v for n, v in texts} if texts else None
+    job = prepare_job(
+        notebook,
+        texts=texts,
+        params_files=params_files,
+        experiment=experiment,
+        timeout=timeout,
+        label=label,
+        label_values=label_values if texts else ({} if params_files else None),
+    )
+    return job
+
+
+def print_result(r: JobResult, file=None) -> None:
+    from workbench.core import store
+
+    file = file or sys.stdout
+    settings = get_settings()
+    exp_id = r.job.experiment_id or store.experiment_id(r.job.experiment, settings)
+    print(f"run {r.run_id}  {r.status}  {r.duration:.1f} s", file=file)
+    if r.reason:
+        print(f"  why:        {r.reason}", file=file)
+    print(f"  experiment: {r.job.experiment}", file=file)
+    if r.report:
+        rep = Path(r.report)
+        print(f"  report:     {rep.with_suffix('.html')}  (notebook: {rep.name})", file=file)
+    print(f"  mlflow:     {run_url(exp_id, r.run_id, settings)}", file=file)
+
+
+def batch_command(
+    paths: list[str], *, jobs: int, resume: bool, dry_run: bool, timeout: float | None
+) -> int:
+    """``workbench batch``: plan every job (nothing runs on a bad one), skip what --resume
+    finds FINISHED, run the rest ``jobs`` at a time, print the summary."""
+    import gc
+
+    startup.skip_slow_imports()
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    todo, stages = batch.plan_stages(paths, timeout)
+    if dry_run and not resume:
+        batch.print_plan(todo, set())
+        return EXIT_OK
+    from workbench.core import store
+    from workbench.run import pool as batch_pool
+    from workbench.run import recovery
+
+    # Workers are forked before this process opens the store (see batch_pool.Pool).
+    gc.disable()  # start-up is imports: the cyclic collector only slows them down
+    try:
+        pool = (
+            batch_pool.Pool(min(jobs, len(todo)))
+            if not dry_run and jobs > 1 and len(todo) > 1
+            else None
+        )
+    finally:
+        gc.enable()
+    try:
+        client = store.connect(activate=False)
+        for run_id in recovery.recover_stale_runs(client):
+            print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
+        skipped: set[int] = set()
+        done: dict[str, set[str]] = {}
+        for i, job in enumerate(todo):
+            job.experiment_id = store.experiment_id(job.experiment)
+            if resume:
+                if job.experiment_id not in done:
+                    done[job.experiment_id] = batch.finished_hashes(client, job.experiment_id)
+                if job.param_hash in done[job.experiment_id]:
+                    skipped.add(i)
+        if dry_run:
+            batch.print_plan(todo, skipped)
+            return EXIT_OK
+
+        run_idx = [i for i in range(len(todo)) if i not in skipped]
+        ran = batch_pool.run_all(
+            [todo[i] for i in run_idx], jobs, [stages[i] for i in run_idx], pool=pool
+        )
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
+    results = dict(zip(run_idx, ran, strict=True))
+    for run_id in recovery.recover_stale_runs(client):  # runs of a worker that died mid-job
+        print(f"marked run {run_id} KILLED: its worker process died", file=sys.stderr)
+    skip = "already FINISHED (--resume)"
+    ordered = [
+        results.get(i) or runner.JobResult(j, "SKIPPED", reason=skip) for i, j in enumerate(todo)
+    ]
+    batch_pool.print_summary(ordered)
+    reports.rebuild_index()
+    if startup.is_command_process():
+        gc.freeze()  # skip the exit's final walk over every object
+    return EXIT_OK if all(r.ok for r in ordered) else EXIT_FAILED

@@ -1,0 +1,154 @@
+"""One notebook execution, described and validated before anything runs.
+
+``prepare_job`` reads the notebook's ``parameters`` cell, merges parameter files, typed
+values and command-line strings, checks them (``workbench.notebook_params``), picks the
+experiment and the label, and hashes the parameter set (what ``batch --resume`` compares).
+It starts no kernel and touches no store: a bad parameter costs nothing but a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.core.config import Settings, get_settings
+from workbench.core.errors import UsageError
+from workbench.run import params as nbp
+
+
+@dataclass
+class Job:
+    """One notebook execution, validated and ready to run (picklable for worker processes)."""
+
+    notebook: str  # absolute path
+    parameters: dict[str, Any]
+    experiment: str
+    label: str
+    param_hash: str
+    timeout: float | None = None
+    params_files: tuple[str, ...] = ()
+    experiment_id: str | None = None
+    metric: str | None = None  # the batch's key metric, if it names one
+
+
+@dataclass
+class JobResult:
+    job: Job
+    status: str  # FINISHED, FAILED, KILLED (or SKIPPED by --resume)
+    duration: float = 0.0
+    run_id: str | None = None
+    report: str | None = None  # the executed .ipynb; the .html lies beside it
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    kernel_started: bool = False
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("FINISHED", "SKIPPED")
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-name-safe version of a label or experiment name."""
+    return re.sub(r"[^\w.=+-]+", "_", str(text)).strip("_.")[:limit] or "x"
+
+
+def project_relative(path: Path, settings: Settings | None = None) -> str:
+    """``path`` relative to the project folder when inside it (stable across machines)."""
+    project = (settings or get_settings()).project_dir
+    try:
+        return str(path.resolve().relative_to(project))
+    except ValueError:
+        return str(path.resolve())
+
+
+def load_params_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of parameters, as papermill takes it."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"parameters file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{p} must hold a mapping of parameter names to values")
+    return data
+
+
+def param_hash(notebook: str, parameters: dict[str, Any]) -> str:
+    """Identity of one parameter set of one notebook (what --resume compares)."""
+    blob = json.dumps(
+        {"notebook": notebook, "parameters": parameters}, sort_keys=True, default=repr
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def derive_label(overrides: dict[str, Any], files: list[str] | tuple[str, ...] = ()) -> str:
+    shown = {k: v for k, v in overrides.items() if k != "experiment_name"}
+    if shown:
+        return safe_name("-".join(f"{k}={v}" for k, v in shown.items()))
+    if files:
+        return safe_name("+".join(Path(f).stem for f in files))
+    return "default"
+
+
+def prepare_job(
+    notebook: str | Path,
+    *,
+    texts: list[tuple[str, str]] | None = None,
+    values: dict[str, Any] | None = None,
+    params_files: list[str] | tuple[str, ...] = (),
+    experiment: str | None = None,
+    timeout: float | None = None,
+    label: str | None = None,
+    label_values: dict[str, Any] | None = None,
+    metric: str | None = None,
+) -> Job:
+    """Validate everything about one execution without starting a kernel or touching the
+    store; raises UsageError naming the problem."""
+    path = Path(notebook).expanduser()
+    if not path.is_file():
+        raise UsageError(f"notebook not found: {path}")
+    if path.suffix != ".ipynb":
+        raise UsageError(f"{path} is not a notebook (.ipynb)")
+    try:
+        specs = nbp.inspect(path)
+    except Exception as exc:  # nbformat validation, JSON errors
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    merged: dict[str, Any] = {}
+    for f in params_files:
+        merged.update(load_params_file(f))
+    merged.update(values or {})
+    try:
+        params = nbp.resolve(path, specs, texts=list(texts or []), values=merged)
+    except nbp.ParameterError as exc:
+        raise UsageError(str(exc)) from exc
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be positive seconds, got {timeout}")
+    if not experiment:
+        experiment = params.get("experiment_name")
+        if not experiment and "experiment_name" in specs:
+            experiment = nbp.default_value(specs["experiment_name"])
+        experiment = str(experiment) if experiment else path.stem
+    if "experiment_name" in specs:
+        params["experiment_name"] = experiment
+    if label is None:
+        label = derive_label(label_values if label_values is not None else params, params_files)
+    rel = project_relative(path)
+    return Job(
+        notebook=str(path.resolve()),
+        parameters=params,
+        experiment=experiment,
+        label=safe_name(label),
+        param_hash=param_hash(rel, params),
+        timeout=timeout,
+        params_files=tuple(str(Path(f).resolve()) for f in params_files),
+        metric=metric,
+    )

@@ -1,0 +1,176 @@
+"""runs_reports/index.html and index.md: every notebook execution the runner recorded.
+
+One row per run the runner created (tag ``workbench.runner``), newest first: when, experiment,
+notebook, label, status (failures marked), duration, parameters, key metrics, and links to
+the executed report and to the run in the MLflow UI. The store is the source of truth, so
+the index can be rebuilt at any time with ``workbench report``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.core import names
+from workbench.core.config import Settings, get_settings, run_url
+
+PREFERRED_METRICS = ("roc_auc", "accuracy", "f1", "pr_auc", "log_loss", "precision", "recall")
+PREFIXES = ("test_", "val_", "", "cv_", "train_")
+MAX_METRICS_SHOWN = 4
+
+
+def key_metric(metrics: dict[str, float], preferred: str | None = None) -> tuple[str, float] | None:
+    """The metric that best sums up a run: ``preferred`` if logged, else a canonical quality
+    metric (test before validation before plain), else the first by name."""
+    if not metrics:
+        return None
+    if preferred and preferred in metrics:
+        return preferred, metrics[preferred]
+    for name in PREFERRED_METRICS:
+        for prefix in PREFIXES:
+            if prefix + name in metrics:
+                return prefix + name, metrics[prefix + name]
+    name = sorted(metrics)[0]
+    return name, metrics[name]
+
+
+def format_metric(value: float) -> str:
+    return f"{value:.4g}"
+
+
+@dataclass
+class Row:
+    run_id: str
+    url: str
+    started: str
+    start_ms: int
+    experiment: str
+    notebook: str
+    label: str
+    status: str
+    duration: str
+    parameters: str
+    metrics: str
+    key_metric: str
+    report: str | None  # link relative to the index
+    notebook_report: str | None
+    reason: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status != "FINISHED"
+
+
+def _link(path_tag: str | None, settings: Settings) -> str | None:
+    if not path_tag:
+        return None
+    path = Path(path_tag)
+    if not path.is_absolute():
+        path = settings.project_dir / path
+    return Path(os.path.relpath(path, settings.reports_dir)).as_posix()
+
+
+def _row(run, exp_names: dict[str, str], settings: Settings) -> Row:
+
+    tags, info = run.data.tags, run.info
+    try:
+        params = json.loads(tags.get(names.TAG_PARAMS, "{}"))
+    except json.JSONDecodeError:
+        params = {}
+    params = {k: v for k, v in params.items() if k != "experiment_name"}
+    metrics = dict(run.data.metrics)
+    key = key_metric(metrics, tags.get(names.TAG_METRIC))
+    shown = [key[0]] if key else []
+    shown += [m for m in sorted(metrics) if m not in shown][: MAX_METRICS_SHOWN - len(shown)]
+    duration = tags.get(names.TAG_DURATION)
+    if duration is None and info.end_time:
+        duration = f"{(info.end_time - info.start_time) / 1000:.2f}"
+    started = _dt.datetime.fromtimestamp(info.start_time / 1000)
+    return Row(
+        run_id=info.run_id,
+        url=run_url(info.experiment_id, info.run_id, settings),
+        started=started.strftime("%Y-%m-%d %H:%M:%S"),
+        start_ms=info.start_time,
+        experiment=exp_names.get(info.experiment_id, info.experiment_id),
+        notebook=tags.get("mlflow.source.name", ""),
+        label=tags.get(names.TAG_LABEL, ""),
+        status=info.status,
+        duration=f"{float(duration):.1f} s" if duration else "",
+        parameters=", ".join(f"{k}={v}" for k, v in params.items()),
+        metrics=", ".join(f"{m}={format_metric(metrics[m])}" for m in shown),
+        key_metric=f"{key[0]}={format_metric(key[1])}" if key else "",
+        report=_link(tags.get(names.TAG_REPORT_HTML), settings),
+        notebook_report=_link(tags.get(names.TAG_REPORT), settings),
+        reason=tags.get(names.TAG_REASON, ""),
+    )
+
+
+def collect_rows(settings: Settings | None = None, client=None) -> list[Row]:
+    """Every runner execution in the store, newest first."""
+    from workbench.core import store
+
+    settings = settings or get_settings()
+    client = client or store.connect(settings, activate=False)
+    exps = client.search_experiments()
+    names = {e.experiment_id: e.name for e in exps}
+    ids = list(names)
+    query = f"tags.`{names.TAG_RUNNER}` = 'papermill'"
+    rows = []
+    for i in range(0, len(ids), 50):
+        token = None
+        while True:
+            page = client.search_runs(ids[i : i + 50], query, max_results=1000, page_token=token)
+            rows += [_row(r, names, settings) for r in page]
+            token = page.token
+            if not token:
+                break
+    rows.sort(key=lambda r: r.start_ms, reverse=True)
+    return rows
+
+
+def render(rows: list[Row], settings: Settings, fmt: str) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["md"] = lambda s: str(s or "").replace("|", "\\|").replace("\n", " ")
+    context: dict[str, Any] = {
+        "rows": rows,
+        "failed": sum(r.failed for r in rows),
+        "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        "tracking_uri": settings.tracking_uri,
+    }
+    return env.get_template(f"index.{fmt}.j2").render(**context)
+
+
+def build_index(settings: Settings | None = None) -> Path:
+    """Write index.html and index.md under the reports folder; return the HTML path."""
+    settings = settings or get_settings()
+    rows = collect_rows(settings)
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    html = settings.reports_dir / "index.html"
+    for fmt in ("html", "md"):
+        target = settings.reports_dir / f"index.{fmt}"
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(render(rows, settings, fmt), encoding="utf-8")
+        tmp.replace(target)  # atomic: parallel runners never leave a half-written index
+    return html
+
+
+def rebuild_index() -> None:
+    """Rewrite the index after runs ended; a failure is said, never raised (the runs are
+    done and recorded whatever happens to the index)."""
+    import sys
+
+    try:
+        build_index()
+    except Exception as exc:
+        print(f"note: could not rebuild the report index: {exc}", file=sys.stderr)

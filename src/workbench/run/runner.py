@@ -1,0 +1,257 @@
+"""Execute notebooks headlessly with papermill, one MLflow run per execution, ended truthfully.
+
+Measured with plain papermill on MLflow 3.17: a timed-out cell leaves the run FINISHED and a
+killed kernel leaves it RUNNING forever. So the runner owns the run: it prepares the
+experiment and creates the run while the kernel starts (``workbench.run_store``), hands the
+run id to the kernel before the first cell (the notebook's ``workbench.tracking.start_run``
+resumes it; ``workbench.notebook_exec``), and sets the final status only after
+the kernel is gone (MLflow's exit hook in the kernel would otherwise have the last word):
+FINISHED, FAILED (a cell raised or outlived ``--timeout``), KILLED (the kernel died). Runs a
+dead runner left RUNNING are found through their runner tags and marked KILLED.
+
+Parameters are checked against the notebook's ``parameters`` cell before any of that
+(``workbench.jobs``, ``workbench.notebook_params``); batches live in ``workbench.batch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workbench.core.config import Settings, get_settings, run_url
+from workbench.core.names import (
+    ARTIFACT_ENV,
+    NOTEBOOK_ENV,
+    PARAMS_FILE_ENV,
+    PROJECT_ENV,
+    RUN_ID_ENV,
+    TAG_EXPERIMENT,
+    TAG_HASH,
+    TAG_LABEL,
+    TAG_METRIC,
+    TAG_PARAMS,
+    TAG_REPORT,
+    TAG_REPORT_HTML,
+    TAG_RUNNER,
+)
+from workbench.run import recovery
+from workbench.run.jobs import (  # noqa: F401 - re-exported: the runner's public names
+    Job,
+    JobResult,
+    derive_label,
+    load_params_file,
+    param_hash,
+    prepare_job,
+    project_relative,
+    safe_name,
+)
+
+HEADER_KEY = "workbench_header"
+KERNEL_START_RETRIES = 2
+
+
+# ------------------------------------------------------------------ executing
+
+
+def _reserve(folder: Path, base: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = folder / (f"{base}.ipynb" if i == 1 else f"{base}-{i}.ipynb")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot find a free report name for {base} in {folder}")
+
+
+def header_text(
+    job: Job, run_id: str | None, url: str | None, status: str, duration: float | None
+) -> str:
+    """The report's top cell: run id, status, link to the run (before the run exists: the
+    status alone)."""
+    done = f" in {duration:.1f} s" if duration is not None else ""
+    if run_id is None:
+        where = f"experiment `{job.experiment}` · label `{job.label}`"
+        return f"**workbench run** — status **{status}**  \n{where}"
+    return (
+        f"**workbench run** `{run_id}` — status **{status}**{done}  \n"
+        f"[Open this run in the MLflow UI]({url}) · experiment `{job.experiment}` · "
+        f"label `{job.label}`"
+    )
+
+
+def kernel_env(job: Job, settings: Settings) -> dict[str, str]:
+    """The environment this execution's kernel starts with (a copy; os.environ is left
+    alone): everything known before the run exists. The run's own variables follow once it
+    does (``run_env``)."""
+    drop = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", RUN_ID_ENV, PARAMS_FILE_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(
+        {
+            NOTEBOOK_ENV: project_relative(Path(job.notebook), settings),
+            PROJECT_ENV: str(settings.project_dir),
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        }
+    )
+    if settings.artifact_root is not None:
+        env[ARTIFACT_ENV] = str(settings.artifact_root)
+    if job.params_files:
+        env[PARAMS_FILE_ENV] = os.pathsep.join(
+            project_relative(Path(f), settings) for f in job.params_files
+        )
+    return env
+
+
+def run_env(run_id: str, exp_id: str) -> dict[str, str]:
+    """The run's variables in the kernel: ``workbench.tracking.start_run`` resumes the run,
+    and fluent MLflow calls land in its experiment."""
+    return {RUN_ID_ENV: run_id, "MLFLOW_EXPERIMENT_ID": exp_id}
+
+
+def execute(
+    job: Job,
+    *,
+    retries: int = KERNEL_START_RETRIES,
+    store: Any = None,
+    recover: bool = False,
+    rebuild_index: bool = False,
+    on_run: Callable[[], None] | None = None,
+) -> JobResult:
+    """Run one prepared job to its end and return what happened (never raises for a
+    notebook's failure; KeyboardInterrupt ends the run KILLED and propagates).
+
+    The run is created (by ``store``, a ``workbench.run_store`` store; in-process by default)
+    while the kernel starts, and handed to the kernel before its first cell. When the run
+    cannot be created the kernel is shut down, no file is left behind and the store's error
+    propagates. ``recover`` sweeps runs of dead runners first; ``rebuild_index`` rewrites the
+    report index after the run ended; ``on_run`` is called when the first cell is about to run.
+    """
+    import nbformat
+
+    from workbench.run import agent as run_store
+    from workbench.run import engine as notebook_exec
+
+    side = store if store is not None else run_store.LocalRunStore()
+    settings = get_settings()
+    stem = Path(job.notebook).stem
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = _reserve(settings.reports_dir / safe_name(job.experiment), f"{stamp}-{stem}-{job.label}")
+    html, log = out.with_suffix(".html"), out.with_suffix(".kernel.log")
+    tags = {
+        "mlflow.source.name": project_relative(Path(job.notebook), settings),
+        "mlflow.source.type": "NOTEBOOK",
+        "mlflow.runName": f"{stem}-{job.label}",
+        TAG_RUNNER: "papermill",
+        TAG_LABEL: job.label,
+        TAG_HASH: job.param_hash,
+        TAG_EXPERIMENT: job.experiment,
+        TAG_PARAMS: json.dumps(job.parameters, default=repr)[:5000],
+        TAG_REPORT: project_relative(out, settings),
+        TAG_REPORT_HTML: project_relative(html, settings),
+        **recovery.runner_tags(),
+    }
+    if job.metric:
+        tags[TAG_METRIC] = job.metric
+    begun = side.begin(job, tags, f"{stem}-{job.label}", recover)
+
+    def handoff() -> notebook_exec.Handoff:
+        b = begun.result()  # raises when the run could not be created
+        url = run_url(b.experiment_id, b.run_id, settings)
+        header = header_text(job, b.run_id, url, "RUNNING", None)
+        if on_run is not None:
+            on_run()
+        return notebook_exec.Handoff(run_env(b.run_id, b.experiment_id), header, HEADER_KEY)
+
+    result = JobResult(job, "FAILED", report=str(out))
+    t0 = time.perf_counter()
+    interrupted: BaseException | None = None
+    try:
+        nb = nbformat.read(job.notebook, as_version=4)
+        header = nbformat.v4.new_markdown_cell(header_text(job, None, None, "STARTING", None))
+        header.metadata[HEADER_KEY] = True
+        nb.cells.insert(0, header)
+        env = kernel_env(job, settings)
+        for attempt in range(1, retries + 2):
+            result.attempts = attempt
+            state = {"started": False}
+            status, reason = notebook_exec.run_papermill(
+                nb, out, job.parameters, env, job.timeout, state,
+                cwd=str(Path(job.notebook).parent), kernel_log=log,
+                handoff=handoff, on_launch=notebook_exec.warm_exporter,
+            )  # fmt: skip
+            result.status, result.reason = status, reason
+            result.kernel_started = state["started"]
+            if state.get("interrupted"):
+                interrupted = KeyboardInterrupt()
+                break
+            if state.get("handoff_failed") or (begun.done() and begun.exception()):
+                break  # no run to hand over: retrying the kernel would not help
+            if status == "FINISHED" or state["started"] or attempt > retries:
+                break
+            time.sleep(attempt)  # the kernel never started (papermill#511 port race): retry
+    except KeyboardInterrupt:  # Ctrl-C before papermill took over: the run is KILLED, not FAILED
+        result.status, result.reason = "KILLED", "interrupted (Ctrl-C)"
+        interrupted = KeyboardInterrupt()
+    finally:
+        result.duration = time.perf_counter() - t0
+        try:
+            b = begun.result()
+        except BaseException:  # no run: leave nothing behind, report the store's error
+            for path in (out, html, log):
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only when empty
+                out.parent.rmdir()
+            raise
+        result.run_id, job.experiment_id = b.run_id, b.experiment_id
+        for run_id in b.recovered:
+            print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
+        _finish(side, job, result, out, html, rebuild_index)
+    if interrupted is not None:
+        raise interrupted
+    return result
+
+
+def _finish(side, job: Job, result: JobResult, out: Path, html: Path, rebuild: bool) -> None:
+    """Write the header and HTML twin, then have the store log both and set the final
+    status (the kernel is gone, so MLflow's exit hook in it cannot overrule us)."""
+    from workbench.run import agent as run_store
+    from workbench.run import engine as notebook_exec
+
+    run_id = result.run_id
+    url = run_url(job.experiment_id, run_id)
+    try:
+        text = header_text(job, run_id, url, result.status, result.duration)
+        if result.reason:
+            text += f"  \n**why:** {result.reason}"
+        notebook_exec.finalize_report(out, html, text, HEADER_KEY)
+    except Exception as exc:  # a report problem must not leave the run RUNNING
+        result.reason = (
+            result.reason + "; " if result.reason else ""
+        ) + f"report not written: {exc}"
+    log = out.with_suffix(".kernel.log")
+    if result.status == "FINISHED" or (log.exists() and not _meaningful(log)):
+        log.unlink(missing_ok=True)  # keep the kernel's own log only when it may explain a failure
+    elif log.exists():
+        result.reason += f" (kernel log: {project_relative(log)})"
+    ending = run_store.Ending(
+        run_id, result.status, result.reason, result.duration, [str(out), str(html)], rebuild
+    )
+    ended = side.end(ending)
+    result.reason, result.metrics = ended.reason, ended.metrics
+    for note in ended.notes:
+        print(note, file=sys.stderr)
+
+
+def _meaningful(log: Path) -> bool:
+    """True when a kernel log says more than the usual start-up and shutdown chatter."""
+    noise = ("running over TCP without encryption", "KeyboardInterrupt caught in kernel")
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    return any(not any(n in ln for n in noise) for ln in lines)

@@ -18,7 +18,7 @@ Example::
     model = load("churn-classifier")            # models:/churn-classifier@champion
 
 The rule and the records (``beats``, ``PromotionResult``, the tag prefixes) live in
-``registry_decisions``; registering, aliases, loading and listing in ``registry_versions``.
+``registry.decisions``; registering, aliases, loading and listing in ``registry.versions``.
 Their public names are re-exported here.
 """
 
@@ -118,6 +118,34 @@ def promote(
     promotes regardless and is recorded. A refusal raises ``PromotionRefused`` (or, with
     ``raise_on_refusal=False``, returns a result whose ``promoted`` is False).
     """
+    metric = _checked_request(metric, margin, X, y)
+    client = store.connect()
+    version = _candidate_version(client, name, version)
+    previous = _previous_champion(name, version)
+    scores = _score_both(name, version, previous, X, y, override=override)
+    result = _decide(
+        name,
+        version,
+        previous,
+        scores,
+        X,
+        y,
+        metric=metric,
+        margin=margin,
+        override=override,
+        reason=reason,
+    )
+    if not result.promoted:
+        _record(client, name, version, REFUSED, result, champion_version=previous or "")
+        if raise_on_refusal:
+            raise PromotionRefused(result)
+        return result
+    _crown(client, result)
+    return result
+
+
+def _checked_request(metric: str, margin: float, X: pd.DataFrame, y) -> str:
+    """The canonical metric name, once the margin and the held-out data make sense."""
     metric = checked_metric(metric)
     if margin < 0:
         raise RegistryError(f"margin must be >= 0, got {margin}")
@@ -125,7 +153,11 @@ def promote(
         raise RegistryError(
             f"held-out data must be non-empty with one label a row (got {len(X)} rows, {len(y)} labels)"
         )
-    client = store.connect()
+    return metric
+
+
+def _candidate_version(client: MlflowClient, name: str, version: str | int | None) -> str:
+    """The version up for promotion: the one given, else the challenger; it must exist."""
     if version is None:
         mv = get_version(name, CHALLENGER)
         if mv is None:
@@ -135,11 +167,25 @@ def promote(
         version = mv.version
     version = str(version)
     client.get_model_version(name, version)  # fails clearly when the version does not exist
+    return version
+
+
+def _previous_champion(name: str, version: str) -> str | None:
+    """The current champion's version (None when there is none), never ``version`` itself."""
     champion = get_version(name, CHAMPION)
     previous = str(champion.version) if champion is not None else None
     if previous == version:
         raise RegistryError(f"{name} v{version} is already the champion")
+    return previous
 
+
+def _score_both(
+    name: str, version: str, previous: str | None, X: pd.DataFrame, y, *, override: bool
+) -> dict[str, dict[str, float]]:
+    """Scores of the challenger and (when there is one) the champion on the same rows.
+
+    A champion that cannot be scored stops the promotion, unless ``override`` replaces it.
+    """
     scores = {"challenger": score(name, version, X, y)}
     if previous is not None:
         try:
@@ -150,10 +196,27 @@ def promote(
                     f"cannot score the champion {name} v{previous}: {exc}\nfix: repair it, or "
                     "replace it with override=True and a reason (recorded in the tags)"
                 ) from exc
+    return scores
+
+
+def _decide(
+    name: str,
+    version: str,
+    previous: str | None,
+    scores: dict[str, dict[str, float]],
+    X: pd.DataFrame,
+    y,
+    *,
+    metric: str,
+    margin: float,
+    override: bool,
+    reason: str,
+) -> PromotionResult:
+    """Apply the rule (``beats`` by ``margin``, or no champion yet) and record who and when."""
     chall = scores["challenger"][metric]
     champ = scores["champion"][metric] if "champion" in scores else None
     won = previous is None or (champ is not None and beats(metric, chall, champ, margin))
-    result = PromotionResult(
+    return PromotionResult(
         name=name,
         version=version,
         previous_champion=previous,
@@ -170,12 +233,11 @@ def promote(
         held_out_fingerprint=_fingerprint(X, y),
         scores=scores,
     )
-    if not result.promoted:
-        _record(client, name, version, REFUSED, result, champion_version=previous or "")
-        if raise_on_refusal:
-            raise PromotionRefused(result)
-        return result
 
+
+def _crown(client: MlflowClient, result: PromotionResult) -> None:
+    """Record the promotion, move ``champion``, tag the demoted version, drop a spent challenger."""
+    name, version, previous = result.name, result.version, result.previous_champion
     decision = "override" if result.override else "first" if previous is None else "promoted"
     _record(
         client,
@@ -200,7 +262,6 @@ def promote(
     challenger = get_version(name, CHALLENGER)
     if challenger is not None and str(challenger.version) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
-    return result
 
 
 def _default_reason(previous: str | None, won: bool, override: bool) -> str:

@@ -35,14 +35,16 @@ demo: $(VENV)/.installed ## run every notebook on the embedded store, write repo
 test-deps: $(VENV)/.installed-dev ## install what the tests need beyond Python packages
 	@bash scripts/install-test-deps.sh
 
-test: test-deps ## lint, then every test (unit, notebooks via nbval, runner, server, browser)
+test: test-deps ## lint, layers, then every test (unit, notebooks via nbval, runner, server, browser)
 	$(BIN)/ruff check src tests bench notebooks
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/pytest -p no:cacheprovider tests --nbval-lax notebooks --timeout=900
 
-lint: $(VENV)/.installed-dev ## ruff lint and format check
+lint: $(VENV)/.installed-dev ## ruff lint and format check, and the import layers (lint-imports)
 	$(BIN)/ruff check src tests bench notebooks
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 format: $(VENV)/.installed-dev ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix src tests bench notebooks

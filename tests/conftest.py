@@ -42,7 +42,7 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(uri)  # the fluent API may hold an earlier test's store
     mlflow.set_registry_uri(uri)
     yield uri
-    store._prepared.discard(uri)
+    store.forget(uri)
 
 
 @pytest.fixture

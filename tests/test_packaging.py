@@ -92,3 +92,35 @@ def test_doctor_names_the_fix_for_a_broken_store(tmp_path, monkeypatch):
     )
     assert out.returncode == 1
     assert "BAD" in out.stdout and "fix:" in out.stdout
+
+
+def _imported_top_level_modules() -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for path in (ROOT / "src" / "workbench").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"workbench"}
+
+
+def test_every_third_party_import_of_the_package_is_declared():
+    """A package imported by src/ but only installed as somebody else's dependency breaks the
+    day that somebody drops it: each one must be named in pyproject (and environment.yml)."""
+    import importlib.metadata as md
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = set(_names(project["dependencies"]))
+    for extra in project.get("optional-dependencies", {}).values():
+        declared |= set(_names(extra))
+    declared = {re.sub(r"[-_.]+", "-", d) for d in declared}
+    providers = md.packages_distributions()
+    missing = {}
+    for module in sorted(_imported_top_level_modules()):
+        dists = {re.sub(r"[-_.]+", "-", d.lower()) for d in providers.get(module, [module])}
+        if not dists & declared:
+            missing[module] = sorted(dists)
+    assert not missing, f"imported by src/workbench but not declared in pyproject: {missing}"

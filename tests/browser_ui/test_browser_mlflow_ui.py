@@ -103,7 +103,7 @@ def filled_store(chromium, tmp_path, monkeypatch):
     else:
         _fill_with_tracking(project)
     yield project, env
-    store._prepared.discard(uri)
+    store.forget(uri)
 
 
 @pytest.fixture

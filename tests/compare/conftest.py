@@ -20,7 +20,7 @@ def _plain_store(tmp_path_factory):
         mp.setenv("MLFLOW_REGISTRY_URI", uri)
         mlflow.set_tracking_uri(uri)
         data = _log_plain_runs(f"plain-{uuid.uuid4().hex[:8]}")
-    store._prepared.discard(uri)
+    store.forget(uri)
     return uri, data
 
 

@@ -55,7 +55,7 @@ def registered(tmp_path_factory) -> Registered:
         registry.set_challenger(name, 1)
         registry.promote(name, split.X_test, split.y_test)  # the weak tree is champion first
         yield Registered(name, split, registry.model_uri(name))
-        store._prepared.discard(uri)
+        store.forget(uri)
 
 
 @pytest.fixture(scope="module")

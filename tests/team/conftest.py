@@ -163,4 +163,4 @@ def use_server(monkeypatch):
 
     yield point
     for url in used:
-        store._prepared.discard(url)
+        store.forget(url)

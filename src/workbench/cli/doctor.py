@@ -87,7 +87,7 @@ def check_store() -> Check:
     detail = f"{settings.tracking_uri} (from {settings.source})"
     try:
         client = store.connect(settings, activate=False)
-        n = len(client.search_experiments(max_results=1000))
+        n = sum(1 for _ in store.iter_experiments(client))
     except Exception as exc:
         return Check(
             "tracking store",

@@ -47,7 +47,7 @@ _MISSING = {"", "none", "null"}
 def list_experiments(client: MlflowClient | None = None) -> list[str]:
     """Names of the active experiments in the store."""
     client = client or store.connect()
-    return sorted(e.name for e in client.search_experiments())
+    return sorted(e.name for e in store.iter_experiments(client))
 
 
 def experiment_ids(

@@ -196,3 +196,9 @@ def iter_runs(
             token = page.token
             if not token:
                 break
+
+
+def forget(uri: str) -> None:
+    """Forget that this process prepared the store at ``uri`` (it was deleted or replaced:
+    the next ``connect`` prepares it again)."""
+    _prepared.discard(uri)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workbench.core import names
+from workbench.core import names, store
 from workbench.core.config import get_settings
 from workbench.core.errors import UsageError
 from workbench.run.jobs import Job, derive_label, prepare_job, project_relative
@@ -177,7 +177,7 @@ def plan_stages(paths: list[str], timeout: float | None) -> tuple[list[Job], lis
 def finished_hashes(client, experiment_id: str) -> set[str]:
     """Parameter hashes of the FINISHED runner runs in an experiment (for --resume)."""
     query = f"attributes.status = 'FINISHED' and tags.`{names.TAG_RUNNER}` = 'papermill'"
-    runs = client.search_runs([experiment_id], query, max_results=5000)
+    runs = store.iter_runs(client, [experiment_id], query)
     return {r.data.tags.get(names.TAG_HASH) for r in runs}
 
 

@@ -32,7 +32,9 @@ def recover_stale_runs(client=None) -> list[str]:
     exp_ids = [e.experiment_id for e in store.iter_experiments(client)]
     query = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'"
     killed = []
-    for run in store.iter_runs(client, exp_ids, query):
+    # Read every page before changing any run: marking runs KILLED while paging through a
+    # RUNNING-only query would shift the later pages and skip runs.
+    for run in list(store.iter_runs(client, exp_ids, query)):
         tags = run.data.tags
         try:
             pid = int(tags.get(TAG_PID, ""))

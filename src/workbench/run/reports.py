@@ -115,19 +115,9 @@ def collect_rows(settings: Settings | None = None, client=None) -> list[Row]:
 
     settings = settings or get_settings()
     client = client or store.connect(settings, activate=False)
-    exps = client.search_experiments()
-    names = {e.experiment_id: e.name for e in exps}
-    ids = list(names)
+    exp_names = {e.experiment_id: e.name for e in store.iter_experiments(client)}
     query = f"tags.`{names.TAG_RUNNER}` = 'papermill'"
-    rows = []
-    for i in range(0, len(ids), 50):
-        token = None
-        while True:
-            page = client.search_runs(ids[i : i + 50], query, max_results=1000, page_token=token)
-            rows += [_row(r, names, settings) for r in page]
-            token = page.token
-            if not token:
-                break
+    rows = [_row(r, exp_names, settings) for r in store.iter_runs(client, exp_names, query)]
     rows.sort(key=lambda r: r.start_ms, reverse=True)
     return rows
 

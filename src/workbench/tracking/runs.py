@@ -280,11 +280,6 @@ def start_run(
     return handle
 
 
-def current_run() -> RunHandle | None:
-    """The run started by the last ``start_run`` in this process, if any."""
-    return _current
-
-
 def end_run(status: str = "FINISHED") -> None:
     """End the current workbench run (the notebook's last cell calls this)."""
     if _current is not None:

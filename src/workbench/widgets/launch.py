@@ -8,7 +8,6 @@ explorer only reads the tracking store.
 
 from __future__ import annotations
 
-import ast
 import html
 import os
 import re
@@ -19,30 +18,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
-_PROGRESS = re.compile(r"(\d+)/(\d+) \[")
 _URL = re.compile(r"https?://[^\s'\"<>]+")
 _RUNNER_ENV = ("WORKBENCH_RUN_ID", "WORKBENCH_NOTEBOOK", "WORKBENCH_PARAMS_FILE")
 
 
 def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
-    """The notebook's parameters: name -> {type, default (a Python value), help}."""
-    import papermill
+    """The notebook's parameters: name -> {type, default (a Python value), help}, read by
+    the same reader that ``workbench run`` checks values with."""
+    from workbench.run import params
 
     path = Path(notebook)
     if not path.is_file():
         raise FileNotFoundError(f"notebook not found: {path}")
     out = {}
-    for name, spec in papermill.inspect_notebook(str(path)).items():
-        raw = spec.get("default")
-        try:
-            default = ast.literal_eval(raw) if raw is not None else None
-        except (ValueError, SyntaxError):
-            default = raw
-        kind = (spec.get("inferred_type_name") or "").lower().replace("none", "").strip() or type(
-            default
-        ).__name__
-        out[name] = {"type": kind, "default": default, "help": spec.get("help") or ""}
+    for name, spec in params.inspect(path).items():
+        default = params.default_value(spec)
+        kind = spec.type_name or type(default).__name__
+        out[name] = {"type": kind, "default": default, "help": spec.help}
     return out
 
 
@@ -66,6 +58,7 @@ class LaunchForm:
             note = html.escape(f"{spec['type']}" + (f" - {spec['help']}" if spec["help"] else ""))
             rows.append(w.HBox([control, w.HTML(f"<small style='color:#555'>{note}</small>")]))
         self.button = w.Button(description="Run in background", button_style="primary", icon="play")
+        # `workbench run` prints no progress of its own: the bar pulses while it runs.
         self.progress = w.IntProgress(value=0, min=0, max=100, description="idle")
         self.log = w.Textarea(value="", layout=w.Layout(width="95%", height="140px"), disabled=True)
         self.result = w.HTML()
@@ -142,10 +135,8 @@ class LaunchForm:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.output.append(line.rstrip("\n"))
-            if m := _PROGRESS.search(line):
-                done, total = int(m.group(1)), max(int(m.group(2)), 1)
-                self.progress.value = int(100 * done / total)
             self.progress.description = f"{time.monotonic() - started:.0f} s"
+            self.progress.value = (self.progress.value + 10) % 100
             self.log.value = "\n".join(self.output[-30:])
         code = proc.wait()
         self.progress.value = 100

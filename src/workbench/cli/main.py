@@ -92,22 +92,21 @@ def _cmd_search_worker(a: argparse.Namespace) -> int:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="workbench",
-        description="Jupyter-first experimentation workbench on MLflow.",
-        epilog="Exit codes: 0 success, 1 a notebook or job failed, 2 bad usage or parameters.",
-    )
-    from workbench import __version__
-
-    p.add_argument("--version", action="version", version=f"workbench {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "doctor", help="check Python, packages, kernel, store and git; say what to fix"
     )
     s.set_defaults(func=_cmd_doctor)
 
+
+def _add_timeout(s: argparse.ArgumentParser) -> None:
+    """``--timeout S``: the seconds a cell may run (``run`` and ``batch`` share it)."""
+    s.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="seconds a cell may run"
+    )
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("run", help="execute one notebook headlessly as one MLflow run")
     s.add_argument("notebook")
     s.add_argument(
@@ -130,14 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--experiment", help="experiment name (default: the notebook's experiment_name parameter)"
     )
-    s.add_argument(
-        "--timeout", type=float, default=None, metavar="S", help="seconds a cell may run"
-    )
+    _add_timeout(s)
     s.add_argument(
         "--label", default=None, help="label for the report file name (default: derived)"
     )
     s.set_defaults(func=_cmd_run)
 
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("batch", help="run batch files (notebook + parameter grid) in parallel")
     s.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     s.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="kernels in parallel")
@@ -145,25 +144,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="skip parameter sets that already FINISHED"
     )
     s.add_argument("--dry-run", action="store_true", help="list the expanded jobs, run nothing")
-    s.add_argument(
-        "--timeout", type=float, default=None, metavar="S", help="seconds a cell may run"
-    )
+    _add_timeout(s)
     s.set_defaults(func=_cmd_batch)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("report", help="(re)build runs_reports/index.html and index.md")
     s.set_defaults(func=_cmd_report)
 
+
+def _add_ui(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("ui", help="MLflow UI on the configured store, bound to 127.0.0.1")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)
     s.set_defaults(func=_cmd_ui)
 
+
+def _add_lab(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("lab", help="JupyterLab and the MLflow UI together, both on 127.0.0.1")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8888)
     s.add_argument("--ui-port", type=int, default=5000)
     s.set_defaults(func=_cmd_lab)
 
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="REST scoring of a logged or registered model")
     s.add_argument("model_uri", metavar="MODEL_URI")
     s.add_argument("--host", default="127.0.0.1")
@@ -177,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_cmd_serve)
 
+
+def _add_server(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("server", help="team mode: an mlflow server on PostgreSQL")
     s.add_argument("action", choices=["start", "stop", "status"])
     s.add_argument("--backend-store-uri", metavar="URI")
@@ -190,12 +197,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_cmd_server)
 
+
+def _add_search_worker(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search-worker", help="join an Optuna study as one more worker")
     s.add_argument("--study", required=True)
     s.add_argument("--storage", required=True, metavar="URL")
     s.add_argument("--trials", type=int, default=None, metavar="N")
     s.add_argument("--timeout", type=float, default=None, metavar="S")
     s.set_defaults(func=_cmd_search_worker)
+
+
+# In the order ``workbench --help`` lists the commands.
+_SUBCOMMANDS = (
+    _add_doctor,
+    _add_run,
+    _add_batch,
+    _add_report,
+    _add_ui,
+    _add_lab,
+    _add_serve,
+    _add_server,
+    _add_search_worker,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``workbench`` parser: one subparser per command, each dispatching to its ``_cmd_*``."""
+    p = argparse.ArgumentParser(
+        prog="workbench",
+        description="Jupyter-first experimentation workbench on MLflow.",
+        epilog="Exit codes: 0 success, 1 a notebook or job failed, 2 bad usage or parameters.",
+    )
+    from workbench import __version__
+
+    p.add_argument("--version", action="version", version=f"workbench {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
     return p
 
 

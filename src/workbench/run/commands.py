@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.core.config import get_settings, run_url
 from workbench.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from workbench.run import agent, batch, reports, runner, startup
 from workbench.run.jobs import Job, JobResult, prepare_job
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from workbench.run.pool import Pool
 
 
 def run_command(
@@ -102,29 +108,12 @@ def batch_command(
     from workbench.run import pool as batch_pool
     from workbench.run import recovery
 
-    # Workers are forked before this process opens the store (see batch_pool.Pool).
-    gc.disable()  # start-up is imports: the cyclic collector only slows them down
-    try:
-        pool = (
-            batch_pool.Pool(min(jobs, len(todo)))
-            if not dry_run and jobs > 1 and len(todo) > 1
-            else None
-        )
-    finally:
-        gc.enable()
+    pool = _fork_pool(jobs, todo, dry_run)
     try:
         client = store.connect(activate=False)
         for run_id in recovery.recover_stale_runs(client):
             print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
-        skipped: set[int] = set()
-        done: dict[str, set[str]] = {}
-        for i, job in enumerate(todo):
-            job.experiment_id = store.experiment_id(job.experiment)
-            if resume:
-                if job.experiment_id not in done:
-                    done[job.experiment_id] = batch.finished_hashes(client, job.experiment_id)
-                if job.param_hash in done[job.experiment_id]:
-                    skipped.add(i)
+        skipped = _already_finished(client, todo, resume)
         if dry_run:
             batch.print_plan(todo, skipped)
             return EXIT_OK
@@ -149,3 +138,40 @@ def batch_command(
     if startup.is_command_process():
         gc.freeze()  # skip the exit's final walk over every object
     return EXIT_OK if all(r.ok for r in ordered) else EXIT_FAILED
+
+
+def _fork_pool(jobs: int, todo: list[Job], dry_run: bool) -> Pool | None:
+    """The worker pool when jobs will run in parallel, else None.
+
+    Workers are forked before this process opens the store (see ``pool.Pool``).
+    """
+    import gc
+
+    from workbench.run import pool as batch_pool
+
+    gc.disable()  # start-up is imports: the cyclic collector only slows them down
+    try:
+        return (
+            batch_pool.Pool(min(jobs, len(todo)))
+            if not dry_run and jobs > 1 and len(todo) > 1
+            else None
+        )
+    finally:
+        gc.enable()
+
+
+def _already_finished(client: MlflowClient, todo: list[Job], resume: bool) -> set[int]:
+    """Give each job its experiment id; with ``resume``, the indexes of jobs whose parameter
+    set already has a FINISHED run in that experiment."""
+    from workbench.core import store
+
+    skipped: set[int] = set()
+    done: dict[str, set[str]] = {}
+    for i, job in enumerate(todo):
+        job.experiment_id = store.experiment_id(job.experiment)
+        if resume:
+            if job.experiment_id not in done:
+                done[job.experiment_id] = batch.finished_hashes(client, job.experiment_id)
+            if job.param_hash in done[job.experiment_id]:
+                skipped.add(i)
+    return skipped

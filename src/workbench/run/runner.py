@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -137,18 +138,52 @@ def execute(
     import nbformat
 
     from workbench.run import agent as run_store
-    from workbench.run import engine as notebook_exec
 
     side = store if store is not None else run_store.LocalRunStore()
     settings = get_settings()
-    stem = Path(job.notebook).stem
+    out = _reserve_report(job, settings)
+    html = out.with_suffix(".html")
+    begun = side.begin(job, _run_tags(job, settings, out, html), _run_name(job), recover)
+    handoff = _handoff(job, begun, settings, on_run)
+    result = JobResult(job, "FAILED", report=str(out))
+    t0 = time.perf_counter()
+    interrupted: BaseException | None = None
+    try:
+        nb = nbformat.read(job.notebook, as_version=4)
+        _insert_header(nb, job)
+        env = kernel_env(job, settings)
+        interrupted = _attempts(nb, job, env, out, handoff, begun, result, retries)
+    except KeyboardInterrupt:  # Ctrl-C before papermill took over: the run is KILLED, not FAILED
+        result.status, result.reason = "KILLED", "interrupted (Ctrl-C)"
+        interrupted = KeyboardInterrupt()
+    finally:
+        result.duration = time.perf_counter() - t0
+        b = _begun_or_clean_up(begun, out)
+        result.run_id, job.experiment_id = b.run_id, b.experiment_id
+        for run_id in b.recovered:
+            print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
+        _finish(side, job, result, out, html, rebuild_index)
+    if interrupted is not None:
+        raise interrupted
+    return result
+
+
+def _run_name(job: Job) -> str:
+    return f"{Path(job.notebook).stem}-{job.label}"
+
+
+def _reserve_report(job: Job, settings: Settings) -> Path:
+    """A fresh report path: ``<reports>/<experiment>/<stamp>-<stem>-<label>.ipynb``."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = _reserve(settings.reports_dir / safe_name(job.experiment), f"{stamp}-{stem}-{job.label}")
-    html, log = out.with_suffix(".html"), out.with_suffix(".kernel.log")
+    return _reserve(settings.reports_dir / safe_name(job.experiment), f"{stamp}-{_run_name(job)}")
+
+
+def _run_tags(job: Job, settings: Settings, out: Path, html: Path) -> dict[str, str]:
+    """The run's tags: source notebook, runner identity, parameters and report paths."""
     tags = {
         "mlflow.source.name": project_relative(Path(job.notebook), settings),
         "mlflow.source.type": "NOTEBOOK",
-        "mlflow.runName": f"{stem}-{job.label}",
+        "mlflow.runName": _run_name(job),
         TAG_RUNNER: "papermill",
         TAG_LABEL: job.label,
         TAG_HASH: job.param_hash,
@@ -160,7 +195,15 @@ def execute(
     }
     if job.metric:
         tags[TAG_METRIC] = job.metric
-    begun = side.begin(job, tags, f"{stem}-{job.label}", recover)
+    return tags
+
+
+def _handoff(
+    job: Job, begun: Future, settings: Settings, on_run: Callable[[], None] | None
+) -> Callable[[], Any]:
+    """What the engine calls once the kernel is ready: wait for the run, return its variables
+    and the header naming it (``on_run`` is told the first cell is about to run)."""
+    from workbench.run import engine as notebook_exec
 
     def handoff() -> notebook_exec.Handoff:
         b = begun.result()  # raises when the run could not be created
@@ -170,53 +213,65 @@ def execute(
             on_run()
         return notebook_exec.Handoff(run_env(b.run_id, b.experiment_id), header, HEADER_KEY)
 
-    result = JobResult(job, "FAILED", report=str(out))
-    t0 = time.perf_counter()
-    interrupted: BaseException | None = None
+    return handoff
+
+
+def _insert_header(nb: Any, job: Job) -> None:
+    """Put the report's header cell (status STARTING until the run exists) on top."""
+    import nbformat
+
+    header = nbformat.v4.new_markdown_cell(header_text(job, None, None, "STARTING", None))
+    header.metadata[HEADER_KEY] = True
+    nb.cells.insert(0, header)
+
+
+def _attempts(
+    nb: Any,
+    job: Job,
+    env: dict[str, str],
+    out: Path,
+    handoff: Callable[[], Any],
+    begun: Future,
+    result: JobResult,
+    retries: int,
+) -> BaseException | None:
+    """Execute with papermill into ``result``, retrying only a kernel that never started.
+
+    Returns a KeyboardInterrupt to raise once the run is ended when the user interrupted.
+    """
+    from workbench.run import engine as notebook_exec
+
+    for attempt in range(1, retries + 2):
+        result.attempts = attempt
+        state = {"started": False}
+        status, reason = notebook_exec.run_papermill(
+            nb, out, job.parameters, env, job.timeout, state,
+            cwd=str(Path(job.notebook).parent), kernel_log=out.with_suffix(".kernel.log"),
+            handoff=handoff, on_launch=notebook_exec.warm_exporter,
+        )  # fmt: skip
+        result.status, result.reason = status, reason
+        result.kernel_started = state["started"]
+        if state.get("interrupted"):
+            return KeyboardInterrupt()
+        if state.get("handoff_failed") or (begun.done() and begun.exception()):
+            break  # no run to hand over: retrying the kernel would not help
+        if status == "FINISHED" or state["started"] or attempt > retries:
+            break
+        time.sleep(attempt)  # the kernel never started (papermill#511 port race): retry
+    return None
+
+
+def _begun_or_clean_up(begun: Future, out: Path) -> Any:
+    """The created run; when there is none, remove the report files and re-raise the store's
+    error (no run: leave nothing behind)."""
     try:
-        nb = nbformat.read(job.notebook, as_version=4)
-        header = nbformat.v4.new_markdown_cell(header_text(job, None, None, "STARTING", None))
-        header.metadata[HEADER_KEY] = True
-        nb.cells.insert(0, header)
-        env = kernel_env(job, settings)
-        for attempt in range(1, retries + 2):
-            result.attempts = attempt
-            state = {"started": False}
-            status, reason = notebook_exec.run_papermill(
-                nb, out, job.parameters, env, job.timeout, state,
-                cwd=str(Path(job.notebook).parent), kernel_log=log,
-                handoff=handoff, on_launch=notebook_exec.warm_exporter,
-            )  # fmt: skip
-            result.status, result.reason = status, reason
-            result.kernel_started = state["started"]
-            if state.get("interrupted"):
-                interrupted = KeyboardInterrupt()
-                break
-            if state.get("handoff_failed") or (begun.done() and begun.exception()):
-                break  # no run to hand over: retrying the kernel would not help
-            if status == "FINISHED" or state["started"] or attempt > retries:
-                break
-            time.sleep(attempt)  # the kernel never started (papermill#511 port race): retry
-    except KeyboardInterrupt:  # Ctrl-C before papermill took over: the run is KILLED, not FAILED
-        result.status, result.reason = "KILLED", "interrupted (Ctrl-C)"
-        interrupted = KeyboardInterrupt()
-    finally:
-        result.duration = time.perf_counter() - t0
-        try:
-            b = begun.result()
-        except BaseException:  # no run: leave nothing behind, report the store's error
-            for path in (out, html, log):
-                path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # only when empty
-                out.parent.rmdir()
-            raise
-        result.run_id, job.experiment_id = b.run_id, b.experiment_id
-        for run_id in b.recovered:
-            print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
-        _finish(side, job, result, out, html, rebuild_index)
-    if interrupted is not None:
-        raise interrupted
-    return result
+        return begun.result()
+    except BaseException:
+        for path in (out, out.with_suffix(".html"), out.with_suffix(".kernel.log")):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # only when empty
+            out.parent.rmdir()
+        raise
 
 
 def _finish(side, job: Job, result: JobResult, out: Path, html: Path, rebuild: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from workbench.core.config import Settings, get_settings
 from workbench.core.errors import UsageError
+from workbench.core.secrets import redact, scrub, secret_values
 from workbench.run import params as nbp
 
 
@@ -91,7 +92,9 @@ def param_hash(notebook: str, parameters: dict[str, Any]) -> str:
 
 
 def derive_label(overrides: dict[str, Any], files: list[str] | tuple[str, ...] = ()) -> str:
-    shown = {k: v for k, v in overrides.items() if k != "experiment_name"}
+    """A short name for one parameter set (run names, report file names): the values that
+    differ from the defaults, secrets masked; else the parameter files' stems."""
+    shown = {k: v for k, v in redact(overrides).items() if k != "experiment_name"}
     if shown:
         return safe_name("-".join(f"{k}={v}" for k, v in shown.items()))
     if files:
@@ -146,7 +149,7 @@ def prepare_job(
         notebook=str(path.resolve()),
         parameters=params,
         experiment=experiment,
-        label=safe_name(label),
+        label=safe_name(scrub(label, secret_values(params))),
         param_hash=param_hash(rel, params),
         timeout=timeout,
         params_files=tuple(str(Path(f).resolve()) for f in params_files),

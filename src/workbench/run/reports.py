@@ -14,9 +14,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from workbench.core import names
 from workbench.core.config import Settings, get_settings, run_url
+from workbench.core.secrets import mask_url, redact
 
 PREFERRED_METRICS = ("roc_auc", "accuracy", "f1", "pr_auc", "log_loss", "precision", "recall")
 PREFIXES = ("test_", "val_", "", "cv_", "train_")
@@ -71,7 +73,8 @@ def _link(path_tag: str | None, settings: Settings) -> str | None:
     path = Path(path_tag)
     if not path.is_absolute():
         path = settings.project_dir / path
-    return Path(os.path.relpath(path, settings.reports_dir)).as_posix()
+    relative = Path(os.path.relpath(path, settings.reports_dir)).as_posix()
+    return quote(relative, safe="/")  # a link target, whatever characters the tag holds
 
 
 def _row(run, exp_names: dict[str, str], settings: Settings) -> Row:
@@ -81,7 +84,7 @@ def _row(run, exp_names: dict[str, str], settings: Settings) -> Row:
         params = json.loads(tags.get(names.TAG_PARAMS, "{}"))
     except json.JSONDecodeError:
         params = {}
-    params = {k: v for k, v in params.items() if k != "experiment_name"}
+    params = {k: v for k, v in redact(params).items() if k != "experiment_name"}
     metrics = dict(run.data.metrics)
     key = key_metric(metrics, tags.get(names.TAG_METRIC))
     shown = [key[0]] if key else []
@@ -105,7 +108,7 @@ def _row(run, exp_names: dict[str, str], settings: Settings) -> Row:
         key_metric=f"{key[0]}={format_metric(key[1])}" if key else "",
         report=_link(tags.get(names.TAG_REPORT_HTML), settings),
         notebook_report=_link(tags.get(names.TAG_REPORT), settings),
-        reason=tags.get(names.TAG_REASON, ""),
+        reason=mask_url(tags.get(names.TAG_REASON, "")),
     )
 
 
@@ -122,21 +125,30 @@ def collect_rows(settings: Settings | None = None, client=None) -> list[Row]:
     return rows
 
 
+def _markdown_cell(value: Any) -> str:
+    """A value fit for one cell of a Markdown table: no pipe, newline or raw HTML."""
+    text = str(value or "").replace("|", "\\|").replace("\n", " ")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render(rows: list[Row], settings: Settings, fmt: str) -> str:
     import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        # Every value comes from the store, which anyone with write access fills: escape all
+        # of it in HTML (the templates are named *.html.j2, so select_autoescape's extension
+        # test would never match them).
+        autoescape=lambda name: bool(name) and ".html" in name,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["md"] = lambda s: str(s or "").replace("|", "\\|").replace("\n", " ")
+    env.filters["md"] = _markdown_cell
     context: dict[str, Any] = {
         "rows": rows,
         "failed": sum(r.failed for r in rows),
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-        "tracking_uri": settings.tracking_uri,
+        "tracking_uri": mask_url(settings.tracking_uri),
     }
     return env.get_template(f"index.{fmt}.j2").render(**context)
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.core import store
 from workbench.core.config import get_settings
+from workbench.core.secrets import REDACTED, is_secret, redact  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -45,7 +46,6 @@ NOTEBOOK_ENV = "WORKBENCH_NOTEBOOK"
 PARAMS_FILE_ENV = "WORKBENCH_PARAMS_FILE"
 MAX_BATCH = 1000  # MLflow's limit of metrics in one log_batch call
 MAX_PARAMS = 100  # and of params
-REDACTED = "***"
 
 # Canonical metric names, and the spellings people (and the article) use for them.
 CANONICAL_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss")
@@ -60,9 +60,6 @@ _ALIASES = {
     "logloss": "log_loss",
     "cross_entropy": "log_loss",
 }
-_SECRET = re.compile(
-    r"(^|[_\-.])(pass(word|wd)?|secret|token|api[_-]?key|key|credentials?|auth)($|[_\-.])", re.I
-)
 
 
 def canonical_metric(name: str) -> str:
@@ -76,22 +73,12 @@ def canonical_metric(name: str) -> str:
     return name
 
 
-def is_secret(name: str) -> bool:
-    """True when a parameter name looks like it holds a secret (password, token, key...)."""
-    return bool(_SECRET.search(name))
-
-
-def redact(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace values of secret-looking names with ``***``; never log them in clear."""
-    return {k: (REDACTED if is_secret(k) else v) for k, v in params.items()}
-
-
 def run_name(
     algorithm: str, key_params: Mapping[str, Any] | None = None, when: _dt.date | None = None
 ) -> str:
     """``<algorithm>-<key params>-<date>``, e.g. ``gbm-lr0.1-depth3-20261127``."""
     parts = [algorithm]
-    for k, v in (key_params or {}).items():
+    for k, v in redact(key_params or {}).items():
         v = f"{v:g}" if isinstance(v, float) else str(v)
         parts.append(f"{k}{v}")
     parts.append((when or _dt.date.today()).strftime("%Y%m%d"))

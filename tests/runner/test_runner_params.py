@@ -165,3 +165,20 @@ def test_the_runner_process_leaves_mlflow_to_its_store_agent():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_batch_scalars_of_the_wrong_type_exit_2_with_the_fix(project, capsys):
+    f = project / "b.yaml"
+    f.write_text(
+        f'notebook: {TRACKED}\ntimeout: "30"\n---\nnotebook: {TRACKED}\nexperiment: 123\n'
+        f"---\nnotebook: {TRACKED}\ntimeout: -5\n---\nnotebook: {TRACKED}\nmetric: [a]\n"
+    )
+    assert cli.main(["batch", str(f), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "(document 1): 'timeout' must be a number of seconds, got str '30'" in err
+    assert "timeout: 30" in err, "the fix is named"
+    assert "(document 2): 'experiment' must be text, got int 123" in err
+    assert "(document 3): 'timeout' must be positive seconds" in err
+    assert "(document 4): 'metric' must be text" in err
+    assert "Traceback" not in err
+    assert not (project / "mlflow.db").exists()

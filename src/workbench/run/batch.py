@@ -93,6 +93,27 @@ def _run_sets(doc: dict, where: str) -> list[tuple[str | None, dict]]:
     return out
 
 
+def _scalars(doc: dict, where: str) -> tuple[str | None, float | None, str | None, str | None]:
+    """``experiment``, ``timeout``, ``metric`` and ``label`` of a document, type-checked: a
+    YAML ``timeout: "30"`` or ``experiment: 123`` is refused with the fix, not a traceback."""
+    for key in ("experiment", "metric", "label"):
+        value = doc.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UsageError(
+                f"{where}: '{key}' must be text, got {type(value).__name__} {value!r}; "
+                f'quote it: {key}: "{value}"'
+            )
+    timeout = doc.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        raise UsageError(
+            f"{where}: 'timeout' must be a number of seconds, got {type(timeout).__name__} "
+            f"{timeout!r}; write it unquoted: timeout: 30"
+        )
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"{where}: 'timeout' must be positive seconds, got {timeout}")
+    return doc.get("experiment"), timeout, doc.get("metric"), doc.get("label")
+
+
 def expand(doc: Any, path: Path, index: int, timeout: float | None) -> list[Job]:
     """The jobs of one batch document, each validated against its notebook."""
     where = f"{path} (document {index})"
@@ -103,6 +124,7 @@ def expand(doc: Any, path: Path, index: int, timeout: float | None) -> list[Job]
         raise UsageError(
             f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(KEYS)}"
         )
+    experiment, doc_timeout, metric, prefix = _scalars(doc, where)
     notebook = _find(str(doc["notebook"]), path, "notebook")
     files = [
         str(_find(str(f), path, "params_file")) for f in _as_list(doc.get("params_file") or [])
@@ -116,7 +138,6 @@ def expand(doc: Any, path: Path, index: int, timeout: float | None) -> list[Job]
         dict(zip(names, vals, strict=True))
         for vals in itertools.product(*(_as_list(grid[n]) for n in names))
     ]
-    prefix = doc.get("label")
     jobs = []
     for set_label, run_set in _run_sets(doc, where):
         for combo in combos:
@@ -128,11 +149,11 @@ def expand(doc: Any, path: Path, index: int, timeout: float | None) -> list[Job]
                 notebook,
                 values={**base, **varying},
                 params_files=files,
-                experiment=doc.get("experiment"),
-                timeout=timeout if timeout is not None else doc.get("timeout"),
+                experiment=experiment,
+                timeout=timeout if timeout is not None else doc_timeout,
                 label=label,
                 label_values={} if files else None,
-                metric=doc.get("metric"),
+                metric=metric,
             )
             jobs.append(job)
     return jobs

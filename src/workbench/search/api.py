@@ -14,11 +14,11 @@ heartbeat fails the trials of a lost worker). ``workbench search-worker --study 
 --storage URL`` joins a study: everything it needs (parent run, store, model family, space,
 dataset) is in the study's user attributes.
 
-This module creates studies and runs them in one call. The pieces live in ``search_study``
-(the study object, its settings, pruners), ``search_workers`` (joining a study, worker
-processes, ``workbench search-worker``), ``search_storage`` (storage URLs), ``search_runs``
-(trials as child runs, lost-trial sweep) and ``search_finish`` (best model, plots); their
-public names are re-exported here.
+This module creates studies and runs them in one call. The pieces live in ``search.study``
+(the study object, its settings, pruners), ``search.workers`` (joining a study, worker
+processes, ``workbench search-worker``), ``search.storage`` (storage URLs), ``search.trials``
+(trials as child runs, lost-trial sweep), ``search.spaces`` (families, spaces, objective) and
+``search.finish`` (best model, plots); their public names are re-exported here.
 
 Example::
 
@@ -34,13 +34,14 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.search.finish import PLOTS, SearchResult, finish_study
 from workbench.search.spaces import (  # noqa: F401  (re-exported)
     METRICS,
     Objective,
     SearchSpaceError,
+    Space,
     family_name,
     make_problem,
     resolve_space,
@@ -76,12 +77,17 @@ from workbench.search.trials import (  # noqa: F401  (re-exported)
 )
 from workbench.search.workers import join_study, start_workers, wait_workers, worker_command
 
+if TYPE_CHECKING:
+    import optuna
+    from mlflow import MlflowClient
+
 __all__ = [
     "HEARTBEAT_ENV",
     "PLOTS",
     "RUN_ATTR",
     "STATE_TAG",
     "TRIAL_TAG",
+    "WORKER_ATTR",
     "SearchError",
     "SearchResult",
     "SearchSpaceError",
@@ -133,28 +139,12 @@ def create_study(
     runs and before anything is logged.
     """
     import mlflow
-    import optuna
 
-    family = family_name(model_family)
-    resolved = resolve_space(family, space)
-    make_pruner(pruner, family)
-    if scoring not in ("cv", "holdout") or metric not in METRICS or (scoring == "cv" and cv < 2):
-        raise SearchSpaceError(
-            f"scoring={scoring!r}, cv={cv}, metric={metric!r}: use scoring 'cv' (cv >= 2) or "
-            f"'holdout', and a metric among {', '.join(METRICS)}"
-        )
-    if parent_run_id is None:
-        active = mlflow.active_run()
-        if active is None:
-            raise SearchError(
-                "no parent run: call workbench.tracking.start_run(...) first, or pass parent_run_id="
-            )
-        parent_run_id = active.info.run_id
-    client = mlflow.MlflowClient()
-    parent = client.get_run(parent_run_id)
+    family, resolved = _checked_choices(model_family, space, pruner, scoring, cv, metric)
+    client, parent_run_id, experiment_id = _parent_run(parent_run_id)
     settings = Settings(
         parent_run_id,
-        parent.info.experiment_id,
+        experiment_id,
         mlflow.get_tracking_uri(),
         family,
         resolved.spec,
@@ -174,13 +164,63 @@ def create_study(
     settings.fingerprint = ds.fingerprint
     storage = normalize_storage(storage)
     name = study_name or f"{family}-{parent_run_id[:8]}-{int(time.time())}"
+    study = _new_optuna_study(name, storage, settings, resolved, start_from_defaults)
+    bound = bind_study(study, settings, storage, ds, split)
+    _log_parent(client, parent_run_id, settings, name, storage, bound.objective.metric_name)
+    return bound
+
+
+def _checked_choices(
+    model_family: str,
+    space: Mapping[str, Any] | None,
+    pruner: str,
+    scoring: str,
+    cv: int,
+    metric: str,
+) -> tuple[str, Space]:
+    """The canonical family and its resolved space, once pruner, scoring and metric are known
+    choices (a ``SearchSpaceError`` otherwise)."""
+    family = family_name(model_family)
+    resolved = resolve_space(family, space)
+    make_pruner(pruner, family)
+    if scoring not in ("cv", "holdout") or metric not in METRICS or (scoring == "cv" and cv < 2):
+        raise SearchSpaceError(
+            f"scoring={scoring!r}, cv={cv}, metric={metric!r}: use scoring 'cv' (cv >= 2) or "
+            f"'holdout', and a metric among {', '.join(METRICS)}"
+        )
+    return family, resolved
+
+
+def _parent_run(parent_run_id: str | None) -> tuple[MlflowClient, str, str]:
+    """A client, the parent run's id (default: the active run's) and its experiment id."""
+    import mlflow
+
+    if parent_run_id is None:
+        active = mlflow.active_run()
+        if active is None:
+            raise SearchError(
+                "no parent run: call workbench.tracking.start_run(...) first, or pass parent_run_id="
+            )
+        parent_run_id = active.info.run_id
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    return client, parent_run_id, parent.info.experiment_id
+
+
+def _new_optuna_study(
+    name: str, storage: str | None, settings: Settings, resolved: Space, start_from_defaults: bool
+) -> optuna.Study:
+    """The Optuna study in its storage, carrying the settings a worker needs to join it, and
+    (with ``start_from_defaults``) the family's defaults queued as its first trial."""
+    import optuna
+
     try:
         study = optuna.create_study(
             study_name=name,
             storage=open_storage(storage),
             direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=make_pruner(pruner, family),
+            sampler=optuna.samplers.TPESampler(seed=settings.seed),
+            pruner=make_pruner(settings.pruner, settings.model_family),
         )
     except optuna.exceptions.DuplicatedStudyError as exc:
         raise SearchError(
@@ -190,13 +230,11 @@ def create_study(
     study.set_user_attr(SETTINGS_ATTR, asdict(settings))
     if start_from_defaults and (point := resolved.start_point()):
         study.enqueue_trial(point, user_attrs={ORIGIN_ATTR: "defaults"})
-    bound = bind_study(study, settings, storage, ds, split)
-    _log_parent(client, parent_run_id, settings, name, storage, bound.objective.metric_name)
-    return bound
+    return study
 
 
 def _log_parent(
-    client, run_id: str, s: Settings, name: str, storage: str | None, metric_name: str
+    client: MlflowClient, run_id: str, s: Settings, name: str, storage: str | None, metric_name: str
 ) -> None:
     from mlflow.entities import Param, RunTag
     from mlflow.exceptions import MlflowException

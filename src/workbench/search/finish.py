@@ -13,6 +13,8 @@ from workbench.search.storage import SearchError
 from workbench.search.trials import RUN_ATTR, reconcile
 
 if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
     from workbench.search.study import SearchStudy
 
 
@@ -45,10 +47,27 @@ PLOTS = (
 def finish_study(s: SearchStudy, *, log_model: bool = True, plots: bool = True) -> SearchResult:
     """See ``SearchStudy.finish``. Model and figures go to the parent run, made active here
     if it is not (a parent this function resumes is ended FINISHED afterwards)."""
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.exceptions import MlflowException
+    counts = _completed_counts(s)
+    best = s.study.best_trial
+    best_run = best.user_attrs.get(RUN_ATTR)
+    _summarize_on_parent(s, best, counts)
+    result = SearchResult(
+        s.name,
+        s.settings.parent_run_id,
+        s.objective.metric_name,
+        float(best.value),
+        dict(best.params),
+        best.number,
+        best_run,
+        counts,
+    )
+    if log_model or plots:
+        _log_to_parent(s, best, result, log_model=log_model, plots=plots)
+    return result
 
+
+def _completed_counts(s: SearchStudy) -> dict[str, int]:
+    """Trial counts by state after sweeping lost trials; at least one must have completed."""
     reconcile(s.study)
     counts = s.counts()
     if not counts["complete"]:
@@ -56,7 +75,15 @@ def finish_study(s: SearchStudy, *, log_model: bool = True, plots: bool = True) 
             f"no trial of study {s.name!r} completed ({counts}); look at the failed child runs' "
             "workbench.trial.error tags, widen the space, or run more trials"
         ) from None
-    best = s.study.best_trial
+    return counts
+
+
+def _summarize_on_parent(s: SearchStudy, best: FrozenTrial, counts: dict[str, int]) -> None:
+    """The best value, trial counts and best parameters on the parent run; the best trial's
+    child run tagged ``workbench.search.best``."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+
     metric, client, now = s.objective.metric_name, s.runs.client, int(time.time() * 1000)
     best_run = best.user_attrs.get(RUN_ATTR)
     metrics = [
@@ -77,18 +104,15 @@ def finish_study(s: SearchStudy, *, log_model: bool = True, plots: bool = True) 
         client.log_batch(s.settings.parent_run_id, metrics=metrics, tags=tags)
     if best_run:
         client.set_tag(best_run, "workbench.search.best", "true")
-    result = SearchResult(
-        s.name,
-        s.settings.parent_run_id,
-        metric,
-        float(best.value),
-        dict(best.params),
-        best.number,
-        best_run,
-        counts,
-    )
-    if not (log_model or plots):
-        return result
+
+
+def _log_to_parent(
+    s: SearchStudy, best: FrozenTrial, result: SearchResult, *, log_model: bool, plots: bool
+) -> None:
+    """Refit and log the best model and/or the plots into ``result``, with the parent run
+    active (resumed here, and ended again, when no run is active)."""
+    import mlflow
+
     active = mlflow.active_run()
     if active is not None and active.info.run_id != s.settings.parent_run_id:
         raise SearchError(
@@ -105,10 +129,9 @@ def finish_study(s: SearchStudy, *, log_model: bool = True, plots: bool = True) 
     finally:
         if resumed:
             mlflow.end_run()
-    return result
 
 
-def _refit(s: SearchStudy, best) -> tuple[str, dict[str, float]]:
+def _refit(s: SearchStudy, best: FrozenTrial) -> tuple[str, dict[str, float]]:
     """Refit the best configuration on the training split as a raw-rows pipeline, evaluate it
     on the validation split and log it with the workbench's fast, safe model logging."""
     from workbench.tracking.data import make_pipeline

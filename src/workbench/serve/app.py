@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -22,6 +22,9 @@ from workbench.serve.model import (
     ServingError,
     schema_message,
 )
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger("workbench.serving")
 
@@ -143,22 +146,32 @@ def _json_response(content: dict, status: int, model: LoadedModel):
     )
 
 
-def create_app(manager: ModelManager):
+def create_app(manager: ModelManager) -> FastAPI:
     """The FastAPI app: MLflow's scoring protocol plus the version that answered."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
 
     from workbench import __version__
 
     app = FastAPI(title="workbench model server", version=__version__)
+    _add_status_routes(app, manager)
+    _add_invocations(app, manager)
+    return app
 
-    def about(model: LoadedModel) -> dict[str, Any]:
-        return {
-            "model_uri": manager.ref.uri,
-            "model_name": model.ref.name,
-            "model_version": model.version,
-            "loaded_uri": model.ref.uri,
-            "loaded_at": model.loaded_at,
-        }
+
+def _about(manager: ModelManager, model: LoadedModel) -> dict[str, Any]:
+    """Which model the server follows and which version it loaded, and when."""
+    return {
+        "model_uri": manager.ref.uri,
+        "model_name": model.ref.name,
+        "model_version": model.version,
+        "loaded_uri": model.ref.uri,
+        "loaded_at": model.loaded_at,
+    }
+
+
+def _add_status_routes(app: FastAPI, manager: ModelManager) -> None:
+    """``GET /ping``, ``/health`` (with the last alias check) and ``/version``."""
+    from workbench import __version__
 
     @app.get("/ping")
     async def ping():
@@ -169,7 +182,7 @@ def create_app(manager: ModelManager):
         model = manager.current
         info = {
             "status": "ok",
-            **about(model),
+            **_about(manager, model),
             "last_checked": manager.last_checked,
             "last_error": manager.last_error,
         }
@@ -181,8 +194,15 @@ def create_app(manager: ModelManager):
 
         model = manager.current
         return _json_response(
-            {"workbench": __version__, "mlflow": mlflow.__version__, **about(model)}, 200, model
+            {"workbench": __version__, "mlflow": mlflow.__version__, **_about(manager, model)},
+            200,
+            model,
         )
+
+
+def _add_invocations(app: FastAPI, manager: ModelManager) -> None:
+    """``POST /invocations``: score the body with one model snapshot, off the event loop."""
+    from fastapi import Request
 
     async def invocations(request):
         model = manager.current  # one snapshot: this request is answered by one version
@@ -206,8 +226,6 @@ def create_app(manager: ModelManager):
     # inject the request, and fastapi is imported lazily, so it is attached here.
     invocations.__annotations__ = {"request": Request}
     app.post("/invocations")(invocations)
-
-    return app
 
 
 def serve(

@@ -14,11 +14,12 @@ import secrets
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbench import server
 from workbench.core import ports
-from workbench.core.config import get_settings
+from workbench.core.config import Settings, get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 START_TIMEOUT_S = 180.0
@@ -38,13 +39,6 @@ def jupyter_command(host: str, port: int, root: Path) -> list[str]:
     return cmd
 
 
-def jupyter_ready(url: str, token: str, timeout: float = 3.0) -> bool:
-    """True when Jupyter answers an authenticated API call."""
-    return ports.answers(
-        f"{url}/api/status", timeout=timeout, headers={"Authorization": f"token {token}"}
-    )
-
-
 def _wait_jupyter(proc: subprocess.Popen, url: str, token: str, log: Path) -> None:
     headers = {"Authorization": f"token {token}"}
     if ports.wait_http(f"{url}/api/status", proc=proc, timeout=START_TIMEOUT_S, headers=headers):
@@ -58,60 +52,35 @@ def _wait_jupyter(proc: subprocess.Popen, url: str, token: str, log: Path) -> No
     )
 
 
+@dataclass(frozen=True)
+class _Lab:
+    """Where the two servers listen and log, and the token Jupyter asks for."""
+
+    host: str
+    port: int
+    ui_port: int
+    root: Path
+    token: str
+    lab_url: str
+    ui_url: str
+    lab_log: Path
+    ui_log: Path
+
+
 def main(*, port: int = 8888, ui_port: int = 5000, host: str = "127.0.0.1") -> int:
     """Start both, print both URLs, stop both on Ctrl-C or SIGTERM (or when one exits)."""
     settings = get_settings()
-    root = settings.project_dir / "notebooks"
-    if not root.is_dir():
-        root = settings.project_dir
-    token = os.environ.get("JUPYTER_TOKEN") or secrets.token_urlsafe(24)
-    logs = server.state_dir()
-    lab_log, ui_log = logs / f"lab-{port}.log", logs / f"ui-{ui_port}.log"
-    for p, what in ((port, "--port"), (ui_port, "--ui-port")):
-        if not ports.port_free(host, p):
-            print(
-                f"workbench lab: port {p} on {host} is already in use; choose another with {what}",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-    if port == ui_port:
-        print("workbench lab: --port and --ui-port must differ", file=sys.stderr)
+    lab = _plan(settings, host, port, ui_port)
+    problem = _port_problem(host, port, ui_port)
+    if problem is not None:
+        print(f"workbench lab: {problem}", file=sys.stderr)
         return EXIT_USAGE
-
-    lab_url = server.client_url(host, port)
-    ui_url = (
-        settings.tracking_uri.rstrip("/")
-        if settings.is_remote
-        else server.client_url(host, ui_port)
-    )
     procs: dict[str, subprocess.Popen] = {}
     with server.terminate_on_sigterm():
         try:
-            if not settings.is_remote:
-                procs["MLflow UI"] = server.start_ui(host, ui_port, ui_log)
-            env = {**os.environ, "JUPYTER_TOKEN": token, "WORKBENCH_UI_URL": ui_url}
-            env["WORKBENCH_PROJECT_DIR"] = str(settings.project_dir)
-            procs["JupyterLab"] = server.spawn(
-                jupyter_command(host, port, root), env=env, log=lab_log, cwd=root
-            )
-            if "MLflow UI" in procs:
-                server.wait_healthy(procs["MLflow UI"], ui_url, ui_log)
-            _wait_jupyter(procs["JupyterLab"], lab_url, token, lab_log)
-            print(f"JupyterLab: {lab_url}/lab?token={token}", flush=True)
-            print(
-                f"MLflow UI:  {ui_url}  (store {server.mask_uri(settings.tracking_uri)})",
-                flush=True,
-            )
-            print(f"logs: {lab_log}, {ui_log}\nCtrl-C stops both.", flush=True)
-            while True:
-                for name, proc in procs.items():
-                    if proc.poll() is not None:
-                        print(
-                            f"{name} exited with code {proc.returncode}; stopping the other",
-                            file=sys.stderr,
-                        )
-                        return EXIT_FAILED
-                time.sleep(0.5)
+            _start(lab, settings, procs)
+            _announce(lab, settings)
+            return _watch(procs)
         except server.ServerError as exc:
             print(f"workbench lab: {exc}", file=sys.stderr)
             return EXIT_USAGE if isinstance(exc, server.UsageProblem) else EXIT_FAILED
@@ -121,3 +90,79 @@ def main(*, port: int = 8888, ui_port: int = 5000, host: str = "127.0.0.1") -> i
         finally:
             for proc in procs.values():
                 server.stop_group(proc.pid)
+
+
+def _plan(settings: Settings, host: str, port: int, ui_port: int) -> _Lab:
+    """Jupyter's root (``notebooks/``, else the project), token, URLs and log files.
+
+    With a tracking server as the store, its own UI is the one linked to.
+    """
+    root = settings.project_dir / "notebooks"
+    if not root.is_dir():
+        root = settings.project_dir
+    token = os.environ.get("JUPYTER_TOKEN") or secrets.token_urlsafe(24)
+    logs = server.state_dir()
+    ui_url = (
+        settings.tracking_uri.rstrip("/")
+        if settings.is_remote
+        else server.client_url(host, ui_port)
+    )
+    return _Lab(
+        host=host,
+        port=port,
+        ui_port=ui_port,
+        root=root,
+        token=token,
+        lab_url=server.client_url(host, port),
+        ui_url=ui_url,
+        lab_log=logs / f"lab-{port}.log",
+        ui_log=logs / f"ui-{ui_port}.log",
+    )
+
+
+def _port_problem(host: str, port: int, ui_port: int) -> str | None:
+    """Why the two ports cannot be used (taken, or the same one), or None."""
+    for p, what in ((port, "--port"), (ui_port, "--ui-port")):
+        if not ports.port_free(host, p):
+            return f"port {p} on {host} is already in use; choose another with {what}"
+    if port == ui_port:
+        return "--port and --ui-port must differ"
+    return None
+
+
+def _start(lab: _Lab, settings: Settings, procs: dict[str, subprocess.Popen]) -> None:
+    """Start the MLflow UI (unless the store is a server) and JupyterLab, into ``procs`` as
+    they start (so the caller stops whatever did), then wait until both answer."""
+    if not settings.is_remote:
+        procs["MLflow UI"] = server.start_ui(lab.host, lab.ui_port, lab.ui_log)
+    env = {**os.environ, "JUPYTER_TOKEN": lab.token, "WORKBENCH_UI_URL": lab.ui_url}
+    env["WORKBENCH_PROJECT_DIR"] = str(settings.project_dir)
+    procs["JupyterLab"] = server.spawn(
+        jupyter_command(lab.host, lab.port, lab.root), env=env, log=lab.lab_log, cwd=lab.root
+    )
+    if "MLflow UI" in procs:
+        server.wait_healthy(procs["MLflow UI"], lab.ui_url, lab.ui_log)
+    _wait_jupyter(procs["JupyterLab"], lab.lab_url, lab.token, lab.lab_log)
+
+
+def _announce(lab: _Lab, settings: Settings) -> None:
+    """Both URLs (Jupyter's with its token) and the log files."""
+    print(f"JupyterLab: {lab.lab_url}/lab?token={lab.token}", flush=True)
+    print(
+        f"MLflow UI:  {lab.ui_url}  (store {server.mask_uri(settings.tracking_uri)})",
+        flush=True,
+    )
+    print(f"logs: {lab.lab_log}, {lab.ui_log}\nCtrl-C stops both.", flush=True)
+
+
+def _watch(procs: dict[str, subprocess.Popen]) -> int:
+    """Wait until one of the servers exits; that ends the session (EXIT_FAILED)."""
+    while True:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                print(
+                    f"{name} exited with code {proc.returncode}; stopping the other",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+        time.sleep(0.5)

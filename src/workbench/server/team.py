@@ -16,9 +16,9 @@ app needs a static Flask secret key.
 ``ui()`` serves the MLflow UI on the configured store (the embedded SQLite store by default)
 in the foreground until Ctrl-C.
 
-The parts live in ``server_uris`` (store URIs, masking, allowed hosts), ``server_auth``
-(admin password, auth config), ``server_state`` (the state file), ``server_process``
-(process groups, health) and ``server_ui`` (``workbench ui``); their public names are
+The parts live in ``server.uris`` (store URIs, masking, allowed hosts), ``server.auth``
+(admin password, auth config), ``server.state`` (the state file), ``server.process``
+(process groups, health) and ``server.ui`` (``workbench ui``); their public names are
 re-exported here.
 """
 
@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbench.core.config import get_settings
 from workbench.core.ports import free_port as free_port  # server.free_port: tests, benchmarks
@@ -78,6 +79,9 @@ from workbench.server.uris import (
     normalize_store_uri,
 )
 
+if TYPE_CHECKING:
+    import subprocess
+
 
 def server_command(
     backend_store_uri: str,
@@ -121,59 +125,19 @@ def launch(
     """
     state_file = state_file or default_state_file()
     folder = state_file.parent
-    current = read_state(state_file)
-    if current is not None and current.is_ours():
-        raise UsageProblem(
-            f"a server started by workbench already runs (pid {current.pid}, {current.url}, "
-            f"store {current.backend_store_uri}).\nfix: `workbench server stop` first"
-        )
-    if not backend_store_uri:
-        raise UsageProblem(
-            "--backend-store-uri is required, e.g. postgresql://USER@HOST:5432/mlflow "
-            "(or sqlite:///team.db to try it out on one machine)"
-        )
-    store_uri = normalize_store_uri(backend_store_uri)
-    if not port_free(host, port):
-        raise UsageProblem(
-            f"port {port} on {host} is already in use.\nfix: choose another with --port"
-        )
-    project = get_settings().project_dir
-    dest = artifacts_destination or str(folder / "server-artifacts")
-    if "://" not in dest:
-        dest_path = (project / Path(dest).expanduser()).resolve()
-        dest_path.mkdir(parents=True, exist_ok=True)
-        dest = str(dest_path)
-
+    store_uri = _checked_start(state_file, backend_store_uri, host, port)
+    dest = _artifacts_destination(artifacts_destination, folder)
     folder.mkdir(parents=True, exist_ok=True)
     env = child_env()
     auth_folder = folder / f"auth-{port}"
     if auth:
-        require_auth_extra()
-        username = os.environ.get(ADMIN_USERNAME_ENV) or "admin"
-        pw = password if password is not None else admin_password()
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(
-            write_auth_config(auth_folder, username=username, password=pw)
-        )
-        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret_key(auth_folder)
-        env.pop(ADMIN_USERNAME_ENV, None)
-
+        username = _enable_auth(env, auth_folder, password)
     log = folder / f"server-{port}.log"
     cmd = server_command(store_uri, dest, host, port, auth=auth, workers=workers)
-    with log.open("a") as fh:
-        fh.write(f"\n==== workbench server start {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
-        fh.write("command: " + shlex.join(mask_uri(c) for c in cmd) + "\n")
-    proc = spawn(cmd, env=env, log=log, cwd=folder)
+    proc = _spawn_logged(cmd, env, log, folder)
     url = client_url(host, port)
     try:
-        if not wait_http(url + "/health", proc=proc, timeout=timeout):
-            if proc.poll() is not None:
-                raise ServerError(
-                    f"mlflow server exited with code {proc.returncode} before answering.\n"
-                    f"log ({log}):\n{log_tail(log)}"
-                )
-            raise ServerError(
-                f"mlflow server did not answer {url}/health within {timeout:.0f} s.\nlog ({log}):\n{log_tail(log)}"
-            )
+        _wait_answering(proc, url, log, timeout)
     except BaseException:
         stop_group(proc.pid)
         raise
@@ -195,6 +159,75 @@ def launch(
     )
     write_private(state_file, json.dumps(asdict(state), indent=2))
     return state
+
+
+def _checked_start(state_file: Path, backend_store_uri: str, host: str, port: int) -> str:
+    """The normalized store URI, once no workbench server runs already and the port is free."""
+    current = read_state(state_file)
+    if current is not None and current.is_ours():
+        raise UsageProblem(
+            f"a server started by workbench already runs (pid {current.pid}, {current.url}, "
+            f"store {current.backend_store_uri}).\nfix: `workbench server stop` first"
+        )
+    if not backend_store_uri:
+        raise UsageProblem(
+            "--backend-store-uri is required, e.g. postgresql://USER@HOST:5432/mlflow "
+            "(or sqlite:///team.db to try it out on one machine)"
+        )
+    store_uri = normalize_store_uri(backend_store_uri)
+    if not port_free(host, port):
+        raise UsageProblem(
+            f"port {port} on {host} is already in use.\nfix: choose another with --port"
+        )
+    return store_uri
+
+
+def _artifacts_destination(artifacts_destination: str | None, folder: Path) -> str:
+    """The artifact root: a URI as given, or a folder (relative to the project; default
+    ``<state folder>/server-artifacts``) made absolute and created."""
+    project = get_settings().project_dir
+    dest = artifacts_destination or str(folder / "server-artifacts")
+    if "://" not in dest:
+        dest_path = (project / Path(dest).expanduser()).resolve()
+        dest_path.mkdir(parents=True, exist_ok=True)
+        dest = str(dest_path)
+    return dest
+
+
+def _enable_auth(env: dict[str, str], auth_folder: Path, password: str | None) -> str:
+    """Point ``env`` at a fresh auth config (admin user and password) and the Flask secret
+    key; returns the admin's user name. The admin name variable stays out of the child."""
+    require_auth_extra()
+    username = os.environ.get(ADMIN_USERNAME_ENV) or "admin"
+    pw = password if password is not None else admin_password()
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(
+        write_auth_config(auth_folder, username=username, password=pw)
+    )
+    env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret_key(auth_folder)
+    env.pop(ADMIN_USERNAME_ENV, None)
+    return username
+
+
+def _spawn_logged(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen:
+    """Start ``cmd`` detached, logging to ``log`` after a header with the (masked) command."""
+    with log.open("a") as fh:
+        fh.write(f"\n==== workbench server start {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
+        fh.write("command: " + shlex.join(mask_uri(c) for c in cmd) + "\n")
+    return spawn(cmd, env=env, log=log, cwd=cwd)
+
+
+def _wait_answering(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
+    """Wait for ``/health``; a ServerError with the log's tail when the server exited or
+    stayed silent."""
+    if not wait_http(url + "/health", proc=proc, timeout=timeout):
+        if proc.poll() is not None:
+            raise ServerError(
+                f"mlflow server exited with code {proc.returncode} before answering.\n"
+                f"log ({log}):\n{log_tail(log)}"
+            )
+        raise ServerError(
+            f"mlflow server did not answer {url}/health within {timeout:.0f} s.\nlog ({log}):\n{log_tail(log)}"
+        )
 
 
 def shutdown(state_file: Path | None = None) -> ServerState | None:

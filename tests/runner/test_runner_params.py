@@ -182,3 +182,19 @@ def test_batch_scalars_of_the_wrong_type_exit_2_with_the_fix(project, capsys):
     assert "(document 4): 'metric' must be text" in err
     assert "Traceback" not in err
     assert not (project / "mlflow.db").exists()
+
+
+def test_sweep_leaves_runs_of_another_pid_namespace_alone(project, tracking_uri):
+    """Two containers can share a hostname: a pid recorded in another pid namespace (or
+    before a reboot) names some other process here, so its run is not touched."""
+    client = store.connect()
+    exp = store.experiment_id("sweep-namespaces")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tags = {**recovery.runner_tags(), names.TAG_PID: str(dead.pid), names.TAG_PSTART: "1"}
+    here = client.create_run(exp, tags=tags)
+    other = client.create_run(exp, tags={**tags, names.TAG_PIDNS: "another-boot|pid:[1]"})
+    killed = recovery.recover_stale_runs(client)
+    assert here.info.run_id in killed and other.info.run_id not in killed
+    assert client.get_run(other.info.run_id).info.status == "RUNNING"
+    client.set_terminated(other.info.run_id, "KILLED")

@@ -19,6 +19,7 @@ TAG_RUNNER = "workbench.runner"  # "papermill": this run is a notebook execution
 TAG_PID = "workbench.runner.pid"
 TAG_HOST = "workbench.runner.host"
 TAG_PSTART = "workbench.runner.proc_start"  # the runner's start tick (tells reused pids)
+TAG_PIDNS = "workbench.runner.pid_namespace"  # boot id + pid namespace the pid belongs to
 TAG_LABEL = "workbench.label"
 TAG_HASH = "workbench.param_hash"  # what `batch --resume` matches
 TAG_PARAMS = "workbench.parameters"

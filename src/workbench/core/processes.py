@@ -36,6 +36,23 @@ def alive(pid: int, ticks: str = "") -> bool:
     return not ticks or not now or now == ticks
 
 
+def namespace_id() -> str:
+    """Which pid numbering this process sees: the kernel's boot id and this pid namespace.
+
+    Two containers may share a hostname (and a kernel) while their pids name different
+    processes; a pid recorded under another namespace or before a reboot says nothing here.
+    """
+    parts = []
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(
+                os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip()
+            )
+        except OSError:
+            parts.append("?")
+    return "|".join(parts)
+
+
 def process_state(pid: int) -> str:
     """The one-letter state of a process ("R", "S", "Z", ...) or "" when it is gone."""
     try:

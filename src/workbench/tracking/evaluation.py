@@ -148,7 +148,7 @@ def evaluate_classifier(
     return metrics
 
 
-def _staged_positive_proba(estimator, X, every: int = 1) -> np.ndarray:
+def staged_positive_proba(estimator, X, every: int = 1) -> np.ndarray:
     """Stages x rows: the positive class's probability after each boosting stage.
 
     A binary scikit-learn gradient-boosting model with the log-loss has the log-odds as its
@@ -203,26 +203,43 @@ def log_learning_curves(
       limit); every stage is kept in the ``evaluation/learning_curves.csv`` artifact and in
       the returned DataFrame (indexed by step).
     """
-    import math
-
     import mlflow
 
-    from workbench.tracking.runs import StepLogger
+    head, estimator = _staged_estimator(model)
+    X_train, y_train = _sample_rows(X_train, y_train, train_rows)
+    table = _curves(head, estimator, (("train", X_train, y_train), ("val", X_val, y_val)), every)
+    _log_points(table, max_points)
+    mlflow.log_text(table.to_csv(), "evaluation/learning_curves.csv")
+    return table
 
+
+def _staged_estimator(model) -> tuple[Any, Any]:
+    """``(preprocessing or None, final estimator)``; the estimator must score by stage."""
     head, estimator = (model[:-1], model[-1]) if hasattr(model, "steps") else (None, model)
     if not hasattr(estimator, "staged_predict_proba"):
         raise TypeError(
             f"{type(estimator).__name__} has no staged_predict_proba: learning curves need a boosting model"
         )
-    if train_rows is not None and len(X_train) > train_rows:
-        pick = np.sort(np.random.default_rng(0).choice(len(X_train), train_rows, replace=False))
-        X_train = X_train.iloc[pick] if hasattr(X_train, "iloc") else X_train[pick]
-        y_train = np.asarray(y_train)[pick]
+    return head, estimator
+
+
+def _sample_rows(X, y, rows: int | None) -> tuple[Any, Any]:
+    """A fixed random sample of ``rows`` rows in their original order (all when fewer)."""
+    if rows is not None and len(X) > rows:
+        pick = np.sort(np.random.default_rng(0).choice(len(X), rows, replace=False))
+        X = X.iloc[pick] if hasattr(X, "iloc") else X[pick]
+        y = np.asarray(y)[pick]
+    return X, y
+
+
+def _curves(head, estimator, sets, every: int) -> pd.DataFrame:
+    """Accuracy and log-loss of every kept stage on each ``(name, X, y)`` set, one row a
+    stage, indexed by step; the preprocessing runs once a set."""
     curves: dict[str, np.ndarray] = {}
-    for name, X, y in (("train", X_train, y_train), ("val", X_val, y_val)):
+    for name, X, y in sets:
         Xt = head.transform(X) if head is not None else X
         y = np.asarray(y).astype(int)
-        p = _staged_positive_proba(estimator, Xt, every)
+        p = staged_positive_proba(estimator, Xt, every)
         curves[f"{name}_accuracy"] = ((p >= 0.5) == (y == 1)).mean(axis=1)
         p = np.clip(p, 1e-15, 1 - 1e-15)
         curves[f"{name}_log_loss"] = -np.where(y == 1, np.log(p), np.log1p(-p)).mean(axis=1)
@@ -230,12 +247,19 @@ def log_learning_curves(
         ["train_accuracy", "val_accuracy", "train_log_loss", "val_log_loss"]
     ]
     table.index = pd.Index(np.arange(len(table)) * every, name="step")
-    # every stride-th stage plus the last stays within max_points
+    return table
+
+
+def _log_points(table: pd.DataFrame, max_points: int | None) -> None:
+    """Log the curves as ``learning/<metric>`` step metrics, buffered: every stride-th stage
+    plus the last, so each curve stays within ``max_points`` points."""
+    import math
+
+    from workbench.tracking.runs import StepLogger
+
     stride = math.ceil((len(table) - 1) / max(max_points - 1, 1)) if max_points else 1
     stride = max(stride, 1)
     shown = table.iloc[sorted({*range(0, len(table), stride), len(table) - 1})]
     with StepLogger() as steps:
         for step, row in zip(shown.index, shown.to_dict("records"), strict=True):
             steps.log(int(step), **{f"learning/{k}": v for k, v in row.items()})
-    mlflow.log_text(table.to_csv(), "evaluation/learning_curves.csv")
-    return table

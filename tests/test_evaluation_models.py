@@ -12,6 +12,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 
 from workbench import tracking
+from workbench.core import skops_compat
 from workbench.tracking import evaluation, models
 from workbench.tracking.data import load_dataset, make_pipeline
 
@@ -109,16 +110,16 @@ def test_skops_archive_is_made_once_and_skops_is_left_as_it_was(fitted, tmp_path
 
     pipe, split = fitted
     lean = models.compact(pipe)
-    payload, schema = models._skops_archive(lean)
+    payload, schema = models.skops_archive(lean)
     trusted = models.trusted_types(lean, payload)
     assert (
         trusted
         == sorted(sio.get_untrusted_types(data=payload))
         == ["numpy.dtype", "sklearn.tree._tree.Tree"]
     )
-    assert models._untrusted_in_schema(schema) == trusted, "the schema-only audit is skops' own"
+    assert skops_compat.untrusted_in_schema(schema) == trusted, "schema-only audit is skops' own"
     original_dump, original_load = sio.dump, sio.load
-    with models._serialize_once(lean, payload, trusted):
+    with skops_compat.serialize_once(lean, payload, trusted):
         sio.dump(lean, str(tmp_path / "ours.skops"))  # what MLflow calls while saving
         sio.dump(pipe, tmp_path / "other.skops")  # any other object still goes to skops
         # MLflow's checks load the file straight back: ours comes from memory ...
@@ -205,8 +206,10 @@ def test_schema_only_audit_agrees_with_skops_on_other_models(fitted):
         XGBClassifier(n_estimators=5, max_depth=2),
     ):
         pipe = make_pipeline(estimator, split.X_train).fit(split.X_train, split.y_train)
-        payload, schema = models._skops_archive(models.compact(pipe))
-        assert models._untrusted_in_schema(schema) == sorted(sio.get_untrusted_types(data=payload))
+        payload, schema = models.skops_archive(models.compact(pipe))
+        assert skops_compat.untrusted_in_schema(schema) == sorted(
+            sio.get_untrusted_types(data=payload)
+        )
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from workbench.compare.errors import CompareError
+from workbench.core import mlflow_compat
 
 if TYPE_CHECKING:
+    import numpy as np
     from mlflow import MlflowClient
 
 
@@ -26,10 +28,10 @@ def sqlite_store(client: MlflowClient):
         return None
     try:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-        from mlflow.tracking._tracking_service.utils import _get_store
-    except ImportError:
+
+        store = mlflow_compat.tracking_store(client.tracking_uri)
+    except ImportError:  # MLflow moved its store cache: the API reader takes over
         return None
-    store = _get_store(client.tracking_uri)
     return store if isinstance(store, SqlAlchemyStore) else None
 
 
@@ -81,14 +83,11 @@ def read_sql(store, exp_ids: list[str], filter_string: str, order_by: list[str],
 
 def _mlflow_sql_ids(store, session, exp_ids, parsed, order_by, stages) -> list[str]:
     """Run ids in order, selected with MLflow's own SQL filter and ordering clauses."""
-    from mlflow.store.tracking import sqlalchemy_store as sas
     from mlflow.store.tracking.dbmodels.models import SqlRun
     from sqlalchemy import select
 
-    cases, ordering, sort_joins = sas._get_orderby_clauses(order_by, session)
-    attr, non_attr, ds_filters = sas._get_sqlalchemy_filter_clauses(
-        parsed, session, store._get_dialect()
-    )
+    cases, ordering, sort_joins = mlflow_compat.orderby_clauses(order_by, session)
+    attr, non_attr, ds_filters = mlflow_compat.filter_clauses(store, parsed, session)
     stmt = select(SqlRun.run_uuid, SqlRun.start_time, *cases)
     for sub in non_attr:
         stmt = stmt.join(sub)
@@ -131,39 +130,46 @@ def _compare(values: pd.Series, comparator: str, value: Any) -> pd.Series:
 
 def _filter_and_sort(runs, metrics, params, tags, parsed, sorts) -> list[str]:
     """Apply MLflow filter clauses and order_by to the runs, as its SQL store does."""
-    from mlflow.utils.search_utils import SearchUtils as su
-
     keep = pd.Series(True, index=runs["run_id"].to_numpy())
     for clause in parsed:
-        kind, comp = clause["type"], clause["comparator"].upper()
-        key, value = su.translate_key_alias(clause["key"]), clause["value"]
-        if su.is_attribute(kind, key, comp) and key != "run_name":
-            column = runs.set_index("run_id")["run_id" if key == "run_id" else key]
-            if key in su.NUMERIC_ATTRIBUTES or key in ("start_time", "end_time"):
-                column, value = pd.to_numeric(column, errors="coerce"), int(value)
-            match = _compare(column, comp, value)
-            keep &= match.reindex(keep.index, fill_value=False).to_numpy()
-            continue
-        if su.is_attribute(kind, key, comp):  # run_name: MLflow compares the runName tag
-            table, key = tags, "mlflow.runName"
-        elif su.is_metric(kind, comp):
-            table, value = metrics, float(value)
-        elif su.is_param(kind, comp):
-            table = params
-        elif su.is_tag(kind, comp):
-            table = tags
-        else:
-            raise CompareError(f"unsupported filter clause {clause}")
-        rows = table[table["key"] == key]
-        if comp in ("IS NULL", "IS NOT NULL"):
-            has = keep.index.isin(rows["run_id"])
-            keep &= ~has if comp == "IS NULL" else has
-            continue
-        match = _compare(rows["value"], comp, value)
-        if table is metrics:  # NaN is stored as 0 with is_nan: only "!=" matches it
-            match = (match & ~rows["is_nan"]) | (rows["is_nan"] & (comp == "!="))
-        keep &= keep.index.isin(rows.loc[match.to_numpy(), "run_id"])
-    chosen = runs[keep.to_numpy()]
+        keep &= _clause_match(clause, keep.index, runs, metrics, params, tags)
+    return _sorted_ids(runs[keep.to_numpy()], metrics, params, tags, sorts)
+
+
+def _clause_match(clause, run_ids: pd.Index, runs, metrics, params, tags) -> np.ndarray:
+    """Which of ``run_ids`` one parsed filter clause keeps (a boolean array)."""
+    from mlflow.utils.search_utils import SearchUtils as su
+
+    kind, comp = clause["type"], clause["comparator"].upper()
+    key, value = su.translate_key_alias(clause["key"]), clause["value"]
+    if su.is_attribute(kind, key, comp) and key != "run_name":
+        column = runs.set_index("run_id")["run_id" if key == "run_id" else key]
+        if key in su.NUMERIC_ATTRIBUTES or key in ("start_time", "end_time"):
+            column, value = pd.to_numeric(column, errors="coerce"), int(value)
+        return _compare(column, comp, value).reindex(run_ids, fill_value=False).to_numpy()
+    if su.is_attribute(kind, key, comp):  # run_name: MLflow compares the runName tag
+        table, key = tags, "mlflow.runName"
+    elif su.is_metric(kind, comp):
+        table, value = metrics, float(value)
+    elif su.is_param(kind, comp):
+        table = params
+    elif su.is_tag(kind, comp):
+        table = tags
+    else:
+        raise CompareError(f"unsupported filter clause {clause}")
+    rows = table[table["key"] == key]
+    if comp in ("IS NULL", "IS NOT NULL"):
+        has = run_ids.isin(rows["run_id"])
+        return ~has if comp == "IS NULL" else has
+    match = _compare(rows["value"], comp, value)
+    if table is metrics:  # NaN is stored as 0 with is_nan: only "!=" matches it
+        match = (match & ~rows["is_nan"]) | (rows["is_nan"] & (comp == "!="))
+    return run_ids.isin(rows.loc[match.to_numpy(), "run_id"])
+
+
+def _sorted_ids(chosen, metrics, params, tags, sorts) -> list[str]:
+    """The ids of ``chosen`` in ``order_by`` order, then newest first, then by id (MLflow's)."""
+    from mlflow.utils.search_utils import SearchUtils as su
 
     frame = pd.DataFrame({"run_id": chosen["run_id"].to_numpy()})
     start = pd.to_numeric(chosen["start_time"], errors="coerce").to_numpy()
@@ -173,18 +179,7 @@ def _filter_and_sort(runs, metrics, params, tags, parsed, sorts) -> list[str]:
         if (kind, key) in seen:
             raise CompareError(f"order_by names {kind} {key!r} twice: {sorts}")
         seen.add((kind, key))
-        if kind == "attribute":
-            name = {"run_id": "run_id", "run_name": "run_name"}.get(key, key)
-            vals = chosen[name].reset_index(drop=True)
-            flag = vals.isna().astype(int)
-        else:
-            table = {"metric": metrics, "parameter": params, "tag": tags}[kind]
-            rows = table[table["key"] == key].set_index("run_id")
-            vals = rows["value"].reindex(frame["run_id"]).reset_index(drop=True)
-            flag = vals.isna().astype(int)
-            if kind == "metric":
-                nan = rows["is_nan"].reindex(frame["run_id"]).fillna(False).astype(bool).to_numpy()
-                flag = flag * 2 + nan.astype(int)  # MLflow: value 0, NaN 1, missing 2
+        flag, vals = _sort_key(chosen, frame["run_id"], kind, key, metrics, params, tags)
         numeric = pd.api.types.is_numeric_dtype(vals)
         frame[f"f{i}"] = flag.to_numpy()
         frame[f"v{i}"] = vals.fillna(0 if numeric else "").to_numpy()
@@ -197,3 +192,19 @@ def _filter_and_sort(runs, metrics, params, tags, parsed, sorts) -> list[str]:
     cols.append("run_id")
     asc.append(True)
     return frame.sort_values(cols, ascending=asc, kind="mergesort")["run_id"].tolist()
+
+
+def _sort_key(chosen, run_ids, kind, key, metrics, params, tags) -> tuple[pd.Series, pd.Series]:
+    """(NULLs-last flag, value) of one order_by key for each run, in ``run_ids`` order."""
+    if kind == "attribute":
+        name = {"run_id": "run_id", "run_name": "run_name"}.get(key, key)
+        vals = chosen[name].reset_index(drop=True)
+        return vals.isna().astype(int), vals
+    table = {"metric": metrics, "parameter": params, "tag": tags}[kind]
+    rows = table[table["key"] == key].set_index("run_id")
+    vals = rows["value"].reindex(run_ids).reset_index(drop=True)
+    flag = vals.isna().astype(int)
+    if kind == "metric":
+        nan = rows["is_nan"].reindex(run_ids).fillna(False).astype(bool).to_numpy()
+        flag = flag * 2 + nan.astype(int)  # MLflow: value 0, NaN 1, missing 2
+    return flag, vals

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.core import jupyter_compat
+
 ENGINE_NAME = "workbench"
 _registered = False
 
@@ -62,20 +64,30 @@ def _quiet_logger() -> logging.Logger:
     return log
 
 
+def _set_header(cells, given: Handoff) -> None:
+    """Put the run's header text into the cell marked ``given.header_key``, if any."""
+    if given.header is None:
+        return
+    for cell in cells:
+        if cell.get("metadata", {}).get(given.header_key):
+            cell.source = given.header
+
+
 def _register_engine() -> None:
+    """Register the ``workbench`` papermill engine (once per process)."""
     global _registered
     if _registered:
         return
-    from jupyter_client import AsyncKernelManager
-    from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, papermill_engines
-    from papermill.utils import remove_args
+    from papermill.engines import papermill_engines
 
-    class _KernelManager(AsyncKernelManager):
-        async def _async_wait(self, pollinterval: float = 0.1) -> None:
-            # A shut-down kernel is polled for its exit every 0.1 s by default: a tenth of a
-            # second lost per execution. Polling faster costs nothing while it lasts.
-            await super()._async_wait(pollinterval=min(pollinterval, 0.01))
+    papermill_engines.register(ENGINE_NAME, _engine_class(_client_class()))
+    _registered = True
+
+
+def _client_class() -> type:
+    """papermill's notebook client, plus: a launch callback, the "kernel started" record,
+    and the hand-over of the run's environment before the first cell."""
+    from papermill.clientwrap import PapermillNotebookClient
 
     class _Client(PapermillNotebookClient):
         wb_state: dict[str, Any]
@@ -110,10 +122,16 @@ def _register_engine() -> None:
             if content.get("status") != "ok":
                 why = f"{content.get('ename', 'no reply')}: {content.get('evalue', '')}"
                 raise HandoffError(f"the kernel did not take the run's environment: {why}")
-            if given.header is not None:
-                for cell in self.nb.cells:
-                    if cell.get("metadata", {}).get(given.header_key):
-                        cell.source = given.header
+            _set_header(self.nb.cells, given)
+
+    return _Client
+
+
+def _engine_class(client_class: type) -> type:
+    """papermill's nbclient engine, starting the kernel with the job's ``env`` and ``cwd``
+    (and its stdout/stderr in ``kernel_log``) through ``client_class``."""
+    from papermill.engines import NBClientEngine
+    from papermill.utils import remove_args
 
     class _Engine(NBClientEngine):
         @classmethod
@@ -135,12 +153,12 @@ def _register_engine() -> None:
             **kwargs,
         ):
             kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
-            client = _Client(
+            client = client_class(
                 nb_man,
                 timeout=execution_timeout,
                 startup_timeout=start_timeout,
                 kernel_name=kernel_name,
-                kernel_manager_class=_KernelManager,
+                kernel_manager_class=jupyter_compat.fast_exit_kernel_manager(),
                 log=_quiet_logger(),
                 log_output=log_output,
                 stdout_file=stdout_file,
@@ -154,8 +172,7 @@ def _register_engine() -> None:
             with open(kernel_log, "ab") as log:  # the kernel's own stdout/stderr, not cell output
                 return client.execute(env=kernel_env, cwd=kernel_cwd, stdout=log, stderr=log)
 
-    papermill_engines.register(ENGINE_NAME, _Engine)
-    _registered = True
+    return _Engine
 
 
 def run_papermill(
@@ -180,18 +197,13 @@ def run_papermill(
     import copy
 
     import papermill
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
 
     _register_engine()
     logging.getLogger("papermill").setLevel(logging.ERROR)
     if handoff is not None and _language(nb) != "python":
         given = handoff()  # no Python snippet for this kernel: the run goes in its start env
         env = {**env, **given.env}
-        if given.header is not None:
-            for cell in nb.cells:
-                if cell.get("metadata", {}).get(given.header_key):
-                    cell.source = given.header
+        _set_header(nb.cells, given)
         handoff = None
     try:
         papermill.execute_notebook(
@@ -210,23 +222,32 @@ def run_papermill(
             kernel_log=str(kernel_log) if kernel_log else None,
         )
         return "FINISHED", ""
-    except HandoffError as exc:
-        state["handoff_failed"] = True
-        return "FAILED", f"the run could not be handed to the kernel: {exc}"[:1000]
-    except PapermillExecutionError as exc:
-        where = f"cell [{exc.exec_count}]" if exc.exec_count else f"cell {exc.cell_index}"
-        return "FAILED", f"{where} raised {exc.ename}: {exc.evalue}"[:1000]
-    except CellTimeoutError:
-        return "FAILED", f"a cell ran longer than the timeout of {timeout:g} s"
-    except DeadKernelError:
-        return "KILLED", "the kernel died while a cell ran (killed, crashed or out of memory)"
     except KeyboardInterrupt:
         state["interrupted"] = True
         return "KILLED", "interrupted (Ctrl-C)"
     except Exception as exc:
-        if not state.get("started"):
-            return "FAILED", f"the kernel never started: {type(exc).__name__}: {exc}"[:1000]
-        return "FAILED", f"{type(exc).__name__}: {exc}"[:1000]
+        return _failure(exc, timeout, state)
+
+
+def _failure(exc: Exception, timeout: float | None, state: dict[str, Any]) -> tuple[str, str]:
+    """(status, reason) for what stopped an execution: a hand-over, a cell, a timeout, a
+    dead kernel, or a kernel that never started."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, HandoffError):
+        state["handoff_failed"] = True
+        return "FAILED", f"the run could not be handed to the kernel: {exc}"[:1000]
+    if isinstance(exc, PapermillExecutionError):
+        where = f"cell [{exc.exec_count}]" if exc.exec_count else f"cell {exc.cell_index}"
+        return "FAILED", f"{where} raised {exc.ename}: {exc.evalue}"[:1000]
+    if isinstance(exc, CellTimeoutError):
+        return "FAILED", f"a cell ran longer than the timeout of {timeout:g} s"
+    if isinstance(exc, DeadKernelError):
+        return "KILLED", "the kernel died while a cell ran (killed, crashed or out of memory)"
+    if not state.get("started"):
+        return "FAILED", f"the kernel never started: {type(exc).__name__}: {exc}"[:1000]
+    return "FAILED", f"{type(exc).__name__}: {exc}"[:1000]
 
 
 def _language(nb) -> str:

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from workbench.core import mlflow_compat
 from workbench.run import runner, startup
 from workbench.run.jobs import Job, JobResult, project_relative
 
@@ -34,15 +35,8 @@ def _worker_init() -> None:
 def _forget_inherited_connections() -> None:
     """In a forked worker, give MLflow's cached SQLAlchemy engines fresh connection pools
     without closing the parent's connections (SQLAlchemy's advice for fork)."""
-    for name in (
-        "mlflow.store.tracking.sqlalchemy_store",
-        "mlflow.store.model_registry.sqlalchemy_store",
-    ):
-        module = sys.modules.get(name)
-        for engine in list(
-            getattr(getattr(module, "SqlAlchemyStore", None), "_engine_map", {}).values()
-        ):
-            engine.dispose(close=False)
+    for engine in mlflow_compat.cached_engines():
+        engine.dispose(close=False)
 
 
 def _work(job: Job) -> JobResult:
@@ -142,6 +136,9 @@ class Pool:
         fork = fork and sys.platform == "linux" and threading.active_count() == 1
         if fork:
             _preload()
+            # Fails here, in the parent, if MLflow no longer exposes its engine cache: a
+            # worker that cannot reset inherited connections must not be forked at all.
+            mlflow_compat.cached_engines()
             # Imported modules live as long as the workers: keep the collector off them
             # (and off their memory pages, which the forked workers then share unchanged).
             gc.freeze()

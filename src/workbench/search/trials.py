@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from workbench.core import processes
+from workbench.core import optuna_compat, processes
 
 STATE_TAG, TRIAL_TAG, STUDY_TAG = (
     "workbench.trial.state",
@@ -209,15 +209,13 @@ def reconcile(study) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB with heartbeat: calls close_stale_trial
-    from optuna.storages.journal import JournalStorage
-
     failed = []
-    journal = isinstance(study._storage, JournalStorage)
+    journal = optuna_compat.uses_journal_storage(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if journal else []:
         worker = t.user_attrs.get(WORKER_ATTR)
         if worker and _worker_dead(worker):
             try:
-                if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                if optuna_compat.fail_trial(study, t):
                     failed.append(t.number)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass

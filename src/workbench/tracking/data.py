@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from workbench.core import mlflow_compat
+
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
@@ -119,8 +121,14 @@ def make_churn(n_rows: int = 5000, seed: int = 0) -> pd.DataFrame:
         raise DataError(
             f"n_rows={n_rows} is too small for train/validation/test splits; use at least 50"
         )
-    rng = np.random.default_rng(seed)
-    n = n_rows
+    rng = np.random.default_rng(seed)  # one generator, drawn from in a fixed order below
+    columns = _churn_customers(rng, n_rows)
+    columns[CHURN_TARGET] = _churn_outcome(rng, columns)
+    return _with_holes(pd.DataFrame(columns), rng)
+
+
+def _churn_customers(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """The customers' features: contract, services, billing and support calls."""
     tenure = rng.integers(0, 73, n)
     contract = rng.choice(["Month-to-month", "One year", "Two year"], n, p=[0.55, 0.25, 0.20])
     internet = rng.choice(["DSL", "Fiber optic", "No"], n, p=[0.35, 0.45, 0.20])
@@ -139,40 +147,45 @@ def make_churn(n_rows: int = 5000, seed: int = 0) -> pd.DataFrame:
     monthly = np.clip(monthly, 18.0, 120.0).round(2)
     total = (monthly * np.maximum(tenure, 1) * rng.normal(1.0, 0.05, n)).round(2)
     support_calls = rng.poisson(1.0 + 1.5 * (internet == "Fiber optic") * (tech_support == "No"), n)
+    return {
+        "tenure_months": tenure,
+        "contract": contract,
+        "internet_service": internet,
+        "tech_support": tech_support,
+        "payment_method": payment,
+        "paperless_billing": paperless,
+        "senior_citizen": senior,
+        "monthly_charges": monthly,
+        "total_charges": total,
+        "support_calls": support_calls,
+    }
 
+
+def _churn_outcome(rng: np.random.Generator, c: dict[str, np.ndarray]) -> np.ndarray:
+    """Who churns: a logistic model of the features plus noise no feature explains."""
+    n = len(c["tenure_months"])
     logit = (
         -2.05
-        + 1.3 * (contract == "Month-to-month")
-        - 0.9 * (contract == "Two year")
-        - 0.035 * tenure
-        + 0.55 * (internet == "Fiber optic")
-        + 0.5 * (payment == "Electronic check")
-        + 0.38 * support_calls
-        + 0.45 * (tech_support == "No")
-        + 0.015 * (monthly - 65)
-        + 0.3 * senior
-        + 0.2 * (paperless == "Yes")
+        + 1.3 * (c["contract"] == "Month-to-month")
+        - 0.9 * (c["contract"] == "Two year")
+        - 0.035 * c["tenure_months"]
+        + 0.55 * (c["internet_service"] == "Fiber optic")
+        + 0.5 * (c["payment_method"] == "Electronic check")
+        + 0.38 * c["support_calls"]
+        + 0.45 * (c["tech_support"] == "No")
+        + 0.015 * (c["monthly_charges"] - 65)
+        + 0.3 * c["senior_citizen"]
+        + 0.2 * (c["paperless_billing"] == "Yes")
         + rng.normal(0, 0.6, n)  # what no feature explains
     )
-    churn = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
 
-    frame = pd.DataFrame(
-        {
-            "tenure_months": tenure,
-            "contract": contract,
-            "internet_service": internet,
-            "tech_support": tech_support,
-            "payment_method": payment,
-            "paperless_billing": paperless,
-            "senior_citizen": senior,
-            "monthly_charges": monthly,
-            "total_charges": total,
-            "support_calls": support_calls,
-            CHURN_TARGET: churn,
-        }
-    )
-    # Real tables have holes: new customers without a total yet, and a few unrecorded fields.
-    frame.loc[(tenure == 0) | (rng.random(n) < 0.02), "total_charges"] = np.nan
+
+def _with_holes(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Real tables have holes: new customers without a total yet, and a few unrecorded fields."""
+    n = len(frame)
+    new_customer = frame["tenure_months"].to_numpy() == 0
+    frame.loc[new_customer | (rng.random(n) < 0.02), "total_charges"] = np.nan
     frame.loc[rng.random(n) < 0.03, "tech_support"] = np.nan
     frame.loc[rng.random(n) < 0.02, "support_calls"] = np.nan
     return frame
@@ -299,8 +312,6 @@ def log_input(ds: Dataset, context: str = "training") -> None:
         )
         # MLflow infers the schema by looking at every value of every column (seconds for a
         # large table); the first rows give the same column types in a fraction of the time.
-        from mlflow.types.utils import _infer_schema
-
-        mlflow_ds.__dict__["schema"] = _infer_schema(ds.frame.head(SCHEMA_SAMPLE_ROWS))
+        mlflow_compat.set_dataset_schema(mlflow_ds, ds.frame.head(SCHEMA_SAMPLE_ROWS))
         mlflow.log_input(mlflow_ds, context=context)
     mlflow.set_tag("workbench.dataset.fingerprint", ds.fingerprint)

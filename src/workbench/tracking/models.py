@@ -11,7 +11,8 @@ Two facts measured on MLflow 3.17 drive this module:
 * skops writes its schema with indented JSON (Python's slow encoder) and each ensemble tree
   carries a 624-integer random state: we serialize a compact copy once, with the fast
   encoder, and hand those bytes to MLflow's save; its two checks that load the file back
-  (trusted types, serving the input example) get the model in memory instead.
+  (trusted types, serving the input example) get the model in memory instead (skops'
+  internals this needs are fenced in ``workbench.core.skops_compat``).
 
 Loading checks the trusted types written in the model against an allow-list of packages
 before it lets MLflow deserialize anything.
@@ -27,14 +28,14 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
-import threading
 import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+
+from workbench.core import skops_compat
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -91,29 +92,14 @@ def skops_bytes(model) -> bytes:
     slow encoder path (about 0.9 s of a 150-tree boosting pipeline's 1 s); the compact
     encoder gives the same archive, readable by ``skops.io.load``, several times faster.
     """
-    return _skops_archive(model)[0]
+    return skops_archive(model)[0]
 
 
-def _skops_archive(model) -> tuple[bytes, str]:
-    """The skops archive and its ``schema.json`` text (the schema is what the audit reads)."""
-    import io
-    import json
-    from zipfile import ZipFile
-
-    import skops
-    from skops.io._persist import SaveContext, get_state
-
+def skops_archive(model) -> tuple[bytes, str]:
+    """The skops archive and its ``schema.json`` text (the schema is what the audit reads);
+    a model skops cannot save raises ``ModelLoggingError`` with the fix."""
     try:
-        buffer = io.BytesIO()
-        with ZipFile(buffer, "w") as zip_file:
-            context = SaveContext(zip_file=zip_file)
-            state = get_state(model, context)
-            context.clear_memo()
-            state["protocol"] = context.protocol
-            state["_skops_version"] = skops.__version__
-            schema = json.dumps(state)
-            zip_file.writestr("schema.json", schema)
-        return buffer.getvalue(), schema
+        return skops_compat.archive(model)
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix attached
         raise ModelLoggingError(
             f"skops cannot serialize {type(model).__name__}: {exc}\n"
@@ -128,90 +114,6 @@ def trusted_types(model, payload: bytes | None = None) -> list[str]:
     import skops.io as sio
 
     return sorted(sio.get_untrusted_types(data=payload or skops_bytes(model)))
-
-
-class _NoArrays:
-    """Stands in for the archive while auditing: array bytes never decide a type."""
-
-    def read(self, name: str) -> bytes:
-        return b""
-
-
-def _untrusted_in_schema(schema: str) -> list[str]:
-    """What ``skops.io.get_untrusted_types`` says of an archive, from its schema alone.
-
-    The same audit (skops' ``get_tree`` and ``get_unsafe_set`` with nothing trusted) over
-    the schema we just wrote, without reopening the archive and reading back every array
-    (about a third of the time for a 400-tree model). A test holds it equal to skops' own.
-    """
-    import json
-
-    from skops.io._audit import get_tree
-    from skops.io._utils import LoadContext
-
-    state = json.loads(schema)
-    context = LoadContext(src=_NoArrays(), protocol=state["protocol"])  # type: ignore[arg-type]
-    return sorted(get_tree(state, context, trusted=None).get_unsafe_set())
-
-
-def _trusted_for(payload: bytes, schema: str) -> list[str]:
-    """The schema-only audit, or skops' public one if its internals ever change."""
-    try:
-        return _untrusted_in_schema(schema)
-    except Exception:  # noqa: BLE001 - private skops API moved: the public call is exact too
-        import skops.io as sio
-
-        return sorted(sio.get_untrusted_types(data=payload))
-
-
-_SAVE_LOCK = threading.RLock()
-
-
-@contextmanager
-def _serialize_once(model, payload: bytes, trusted: list[str]):
-    """While MLflow saves ``model``, serialize it once and parse it never.
-
-    ``mlflow.sklearn`` dumps the model with skops, loads the file straight back to check the
-    trusted types, and ``Model.log`` loads it a third time to check that the input example
-    can be served. Here ``skops.io.dump`` writes the archive we already made, and
-    ``skops.io.load`` of that very file with that very trusted list returns the model in
-    memory: the trusted list was read from these bytes by skops' own auditor, so the check
-    cannot fail, while the serving check still parses the example against the signature and
-    predicts through MLflow's pyfunc wrapper. Any other object, file or call goes to skops
-    unchanged.
-    """
-    import skops.io as sio
-
-    _SAVE_LOCK.acquire()  # one save at a time: concurrent swaps would restore each other's
-    original_dump, original_load = sio.dump, sio.load
-    written: set[str] = set()
-
-    def dump(obj, file, **kwargs):
-        if obj is not model or kwargs:
-            return original_dump(obj, file, **kwargs)
-        if hasattr(file, "write"):
-            file.write(payload)
-        else:
-            Path(file).write_bytes(payload)
-            written.add(os.path.realpath(file))
-        return None
-
-    def load(file, trusted=None, **kwargs):
-        ours = (
-            isinstance(file, str | os.PathLike)
-            and os.path.realpath(file) in written
-            and sorted(trusted or []) == trusted_list
-            and not kwargs
-        )
-        return model if ours else original_load(file, trusted=trusted, **kwargs)
-
-    trusted_list = sorted(trusted)
-    sio.dump, sio.load = dump, load
-    try:
-        yield
-    finally:
-        sio.dump, sio.load = original_dump, original_load
-        _SAVE_LOCK.release()
 
 
 def compact(model):
@@ -284,9 +186,9 @@ def log_model(
         warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(sample, model.predict(sample))
     lean = compact(model)
-    payload, schema = _skops_archive(lean)
-    trusted = _trusted_for(payload, schema)
-    with _serialize_once(lean, payload, trusted):
+    payload, schema = skops_archive(lean)
+    trusted = skops_compat.untrusted_types(payload, schema)
+    with skops_compat.serialize_once(lean, payload, trusted):
         return mlflow.sklearn.log_model(
             lean,
             name=name,

@@ -16,6 +16,7 @@ from workbench.compare.rank import Mode, by_metric, metric_column
 from workbench.core import store
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
@@ -90,71 +91,103 @@ def history_overlay(
     return fig
 
 
+# Runs without a value for a parameter pass through this level, below each axis.
+_NA_LEVEL = -0.22
+
+
 def parallel_coordinates(
     frame: pd.DataFrame, metric: str, params: Sequence[str] | None = None, *, max_params: int = 8
 ) -> Figure:
     """Parallel coordinates of parameters against ``metric``: each axis scaled to [0, 1]
     (categories spaced evenly), one line per run coloured by the metric."""
-    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     col = metric_column(frame, metric)
     data = frame[frame[col].notna()]
-    if params is None:
-        params = [
-            c for c in data.columns if c.startswith("params.") and data[c].nunique(dropna=True) > 1
-        ]
-        params = params[:max_params]
-    else:
-        params = [p if p.startswith("params.") else f"params.{p}" for p in params]
-        missing = [p for p in params if p not in data.columns]
-        if missing:
-            have = [c.removeprefix("params.") for c in frame.columns if c.startswith("params.")]
-            raise CompareError(
-                f"unknown parameter(s) {missing}; parameters that exist: {', '.join(have)}"
-            )
-    axes_cols = [*params, col]
-    scaled, ticks = {}, {}
-    na_level = -0.22  # runs without a value for a parameter pass through this level
-    for c in axes_cols:
-        s = data[c]
-        numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
-        if numeric:
-            v = s.astype("float64")
-            lo, hi = (
-                float(np.nanmin(v)) if v.notna().any() else 0.0,
-                float(np.nanmax(v)) if v.notna().any() else 1.0,
-            )
-            scaled[c] = (v - lo) / (hi - lo) if hi > lo else v * 0 + 0.5
-            ticks[c] = [(0.0, f"{lo:.4g}"), (1.0, f"{hi:.4g}")] if hi > lo else [(0.5, f"{lo:.4g}")]
-        else:
-            cats = sorted(s.dropna().astype(str).unique())
-            pos = {
-                cat: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, cat in enumerate(cats)
-            }
-            scaled[c] = s.astype(str).map(pos).where(s.notna())
-            ticks[c] = [(p, cat[:12]) for cat, p in pos.items()]
+    axes_cols = [*_param_columns(frame, data, params, max_params), col]
+    scaled, ticks = _scaled_axes(data, axes_cols)
     fig = Figure(figsize=(max(5, 1.3 * len(axes_cols) + 2), 4), dpi=90)
     ax = fig.subplots()
-    values = data[col].astype(float).to_numpy()
+    _draw_lines(ax, data[col].astype(float).to_numpy(), axes_cols, scaled)
+    _draw_axes(ax, axes_cols, ticks)
+    ax.set_title(f"Parameters against {col.removeprefix('metrics.')} ({len(data)} runs)")
+    fig.tight_layout()
+    return fig
+
+
+def _param_columns(
+    frame: pd.DataFrame, data: pd.DataFrame, params: Sequence[str] | None, max_params: int
+) -> list[str]:
+    """The ``params.*`` columns to draw: the given ones (all must exist), else the first
+    ``max_params`` that vary across the runs."""
+    if params is None:
+        varying = [
+            c for c in data.columns if c.startswith("params.") and data[c].nunique(dropna=True) > 1
+        ]
+        return varying[:max_params]
+    params = [p if p.startswith("params.") else f"params.{p}" for p in params]
+    missing = [p for p in params if p not in data.columns]
+    if missing:
+        have = [c.removeprefix("params.") for c in frame.columns if c.startswith("params.")]
+        raise CompareError(
+            f"unknown parameter(s) {missing}; parameters that exist: {', '.join(have)}"
+        )
+    return params
+
+
+def _scaled_axes(
+    data: pd.DataFrame, axes_cols: list[str]
+) -> tuple[dict[str, pd.Series], dict[str, list[tuple[float, str]]]]:
+    """Each column scaled to [0, 1] (missing values at ``_NA_LEVEL``) and its tick labels."""
+    scaled, ticks = {}, {}
+    for c in axes_cols:
+        scaled[c], ticks[c] = _scale(data[c])
+        if scaled[c].isna().any():
+            ticks[c] = [*ticks[c], (_NA_LEVEL, "n/a")]
+        scaled[c] = scaled[c].astype("float64").fillna(_NA_LEVEL)
+    return scaled, ticks
+
+
+def _scale(s: pd.Series) -> tuple[pd.Series, list[tuple[float, str]]]:
+    """Numbers min-max scaled (a constant at 0.5), categories spaced evenly in sorted order;
+    missing values stay missing."""
+    numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+    if numeric:
+        v = s.astype("float64")
+        lo, hi = (
+            float(np.nanmin(v)) if v.notna().any() else 0.0,
+            float(np.nanmax(v)) if v.notna().any() else 1.0,
+        )
+        scaled = (v - lo) / (hi - lo) if hi > lo else v * 0 + 0.5
+        ticks = [(0.0, f"{lo:.4g}"), (1.0, f"{hi:.4g}")] if hi > lo else [(0.5, f"{lo:.4g}")]
+        return scaled, ticks
+    cats = sorted(s.dropna().astype(str).unique())
+    pos = {cat: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, cat in enumerate(cats)}
+    return s.astype(str).map(pos).where(s.notna()), [(p, cat[:12]) for cat, p in pos.items()]
+
+
+def _draw_lines(
+    ax: Axes, values: np.ndarray, axes_cols: list[str], scaled: dict[str, pd.Series]
+) -> None:
+    """One line per run across the axes, coloured by its metric ``values`` (viridis)."""
+    from matplotlib import colormaps
+
     lo, hi = (values.min(), values.max()) if len(values) else (0, 1)
     cmap = colormaps["viridis"]
     xs = np.arange(len(axes_cols))
-    for c in axes_cols:
-        if scaled[c].isna().any():
-            ticks[c] = [*ticks[c], (na_level, "n/a")]
-        scaled[c] = scaled[c].astype("float64").fillna(na_level)
-    for i in range(len(data)):
+    for i in range(len(values)):
         ys = [scaled[c].iloc[i] for c in axes_cols]
         colour = cmap((values[i] - lo) / (hi - lo) if hi > lo else 0.5)
         ax.plot(xs, ys, color=colour, alpha=0.75, lw=1.2)
+
+
+def _draw_axes(ax: Axes, axes_cols: list[str], ticks: dict[str, list[tuple[float, str]]]) -> None:
+    """A vertical axis per column with its tick labels, named below."""
+    xs = np.arange(len(axes_cols))
     for x, c in zip(xs, axes_cols, strict=True):
-        ax.vlines(x, na_level - 0.04, 1.02, color="grey", lw=0.8)
+        ax.vlines(x, _NA_LEVEL - 0.04, 1.02, color="grey", lw=0.8)
         for y, label in ticks[c]:
             ax.text(x + 0.03, y, label, fontsize=7, va="center")
     ax.set_xticks(xs, [c.split(".", 1)[1] for c in axes_cols], rotation=20, fontsize=8)
     ax.set_yticks([])
-    ax.set_ylim(na_level - 0.06, 1.05)
-    ax.set_title(f"Parameters against {col.removeprefix('metrics.')} ({len(data)} runs)")
-    fig.tight_layout()
-    return fig
+    ax.set_ylim(_NA_LEVEL - 0.06, 1.05)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from workbench import compare
 from workbench.core import store
 from workbench.widgets.display import display_objects, figure_png
+
+if TYPE_CHECKING:
+    import ipywidgets
 
 MAX_TABLE_COLUMNS = 6
 
@@ -37,7 +41,7 @@ class RunExplorer:
         history_metric: str | None = None,
         client=None,
     ):
-        import ipywidgets as w
+        import ipywidgets  # noqa: F401  (missing: fail before the store is touched)
 
         self._client = client or store.connect()
         names = compare.list_experiments(self._client)
@@ -46,6 +50,23 @@ class RunExplorer:
         self.overlay_png: bytes = b""
         self.diff = pd.DataFrame()
         self.error: str | None = None
+
+        self._make_controls(names, chosen, filter_string, descending)
+        self._make_views()
+        self.widget = self._layout()
+        self._want_sort, self._want_history = sort_by, history_metric
+        self._busy = False
+
+        self.refresh()
+        self._observe()
+
+    # -- widgets
+
+    def _make_controls(
+        self, names: list[str], chosen: list[str], filter_string: str, descending: bool
+    ) -> None:
+        """What the user sets: experiments, filter, sort order, and the refresh button."""
+        import ipywidgets as w
 
         self.experiments = w.SelectMultiple(
             options=names,
@@ -65,6 +86,12 @@ class RunExplorer:
         self.refresh_button = w.Button(
             description="Refresh", icon="refresh", tooltip="re-read the tracking store"
         )
+
+    def _make_views(self) -> None:
+        """What shows the runs: status line, table, run picker, metric history and diff (the
+        CSS classes let browser tests find them)."""
+        import ipywidgets as w
+
         self.status = w.HTML()
         self.table = w.HTML()
         self.table.add_class("wb-runs-table")
@@ -77,19 +104,17 @@ class RunExplorer:
         self.overlay.add_class("wb-overlay")
         self.diff_html = w.HTML()
         self.diff_html.add_class("wb-diff")
-        self.widget = w.VBox(
+
+    def _layout(self) -> ipywidgets.VBox:
+        """Controls on top, then status, table, run picker, history and diff."""
+        import ipywidgets as w
+
+        controls = w.VBox(
+            [self.filter, w.HBox([self.sort_by, self.descending, self.refresh_button])]
+        )
+        box = w.VBox(
             [
-                w.HBox(
-                    [
-                        self.experiments,
-                        w.VBox(
-                            [
-                                self.filter,
-                                w.HBox([self.sort_by, self.descending, self.refresh_button]),
-                            ]
-                        ),
-                    ]
-                ),
+                w.HBox([self.experiments, controls]),
                 self.status,
                 self.table,
                 w.HBox([self.runs]),
@@ -98,11 +123,11 @@ class RunExplorer:
                 self.diff_html,
             ]
         )
-        self.widget.add_class("wb-run-explorer")
-        self._want_sort, self._want_history = sort_by, history_metric
-        self._busy = False
+        box.add_class("wb-run-explorer")
+        return box
 
-        self.refresh()
+    def _observe(self) -> None:
+        """Redraw on any control's change; a selection change while refreshing is ignored."""
         for control in (self.experiments, self.filter, self.sort_by, self.descending):
             control.observe(lambda _change: self.refresh(), names="value")
         self.refresh_button.on_click(lambda _b: self.refresh(reload_experiments=True))

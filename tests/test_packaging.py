@@ -1,6 +1,7 @@
 """The project's own files agree with each other: dependencies, notebooks, the command."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -124,3 +125,20 @@ def test_every_third_party_import_of_the_package_is_declared():
         if not dists & declared:
             missing[module] = sorted(dists)
     assert not missing, f"imported by src/workbench but not declared in pyproject: {missing}"
+
+
+def test_a_broken_store_is_an_error_message_not_a_traceback(tmp_path):
+    """StoreError (and the workbench's other errors) reach the terminal as one clear line."""
+    bad = tmp_path / "mlflow.db"
+    bad.write_text("not a database, whatever the name says\n")
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{bad}",
+        "WORKBENCH_PROJECT_DIR": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "workbench", "report"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "workbench report: error:" in out.stderr

@@ -245,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"workbench {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        if not type(exc).__module__.startswith("workbench."):
+            raise  # a bug: the traceback is what helps
+        # The workbench's own errors (store, server, data, search...) say what is wrong and
+        # how to fix it: a message, not a traceback.
+        print(f"workbench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if type(exc).__name__ == "UsageProblem" else EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,15 +2,15 @@
 
 Measured with plain papermill on MLflow 3.17: a timed-out cell leaves the run FINISHED and a
 killed kernel leaves it RUNNING forever. So the runner owns the run: it prepares the
-experiment and creates the run while the kernel starts (``workbench.run_store``), hands the
+experiment and creates the run while the kernel starts (``run.agent``), hands the
 run id to the kernel before the first cell (the notebook's ``workbench.tracking.start_run``
-resumes it; ``workbench.notebook_exec``), and sets the final status only after
+resumes it; ``run.engine``), and sets the final status only after
 the kernel is gone (MLflow's exit hook in the kernel would otherwise have the last word):
 FINISHED, FAILED (a cell raised or outlived ``--timeout``), KILLED (the kernel died). Runs a
 dead runner left RUNNING are found through their runner tags and marked KILLED.
 
 Parameters are checked against the notebook's ``parameters`` cell before any of that
-(``workbench.jobs``, ``workbench.notebook_params``); batches live in ``workbench.batch``.
+(``run.jobs``, ``run.params``); batches live in ``run.batch``.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def execute(
     """Run one prepared job to its end and return what happened (never raises for a
     notebook's failure; KeyboardInterrupt ends the run KILLED and propagates).
 
-    The run is created (by ``store``, a ``workbench.run_store`` store; in-process by default)
+    The run is created (by ``store``, a ``run.agent`` store; in-process by default)
     while the kernel starts, and handed to the kernel before its first cell. When the run
     cannot be created the kernel is shut down, no file is left behind and the store's error
     propagates. ``recover`` sweeps runs of dead runners first; ``rebuild_index`` rewrites the

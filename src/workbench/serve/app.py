@@ -1,7 +1,7 @@
 """The REST side of serving: MLflow's scoring protocol as a FastAPI app, the parsing and
 type checks of its requests, and ``serve`` (``workbench serve``) running it under uvicorn.
 
-``workbench.serving`` re-exports everything public here; fastapi and uvicorn are imported
+``workbench.serve`` re-exports everything public here; fastapi and uvicorn are imported
 only when an app is built or served.
 """
 

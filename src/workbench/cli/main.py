@@ -231,16 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     from workbench import __version__
 
     p.add_argument("--version", action="version", version=f"workbench {__version__}")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show MLflow's and alembic's log lines here (always in runs_reports/workbench.log)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
     return p
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """Libraries' log lines go to a file next to the reports, not between our lines."""
+    from workbench.core import logs
+    from workbench.core.config import get_settings
+
+    logs.route_library_logs(get_settings().reports_dir / logs.LOG_FILE_NAME, verbose=verbose)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _quiet_libraries(args.verbose)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"workbench {args.command}: {exc}", file=sys.stderr)

@@ -42,7 +42,10 @@ def test_server_uri_has_no_local_artifact_root(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     s = config.get_settings()
     assert s.is_remote and s.artifact_root is None
-    assert config.run_url("3", "abc", s) == "http://127.0.0.1:5999/#/experiments/3/runs/abc"
+    assert config.run_url("3", "abc", s) == (
+        "http://127.0.0.1:5999/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
+    assert config.experiment_url("3", s).endswith("/#/experiments/3?workflowType=machine_learning")
 
 
 def test_import_has_no_side_effects(tmp_path):

@@ -108,3 +108,23 @@ def test_nested_fluent_runs_land_in_the_parents_experiment(tracking_uri, experim
     got = mlflow.get_run(child.info.run_id)
     assert got.info.experiment_id == run.experiment_id != "0"
     assert got.data.tags["mlflow.parentRunId"] == run.run_id
+
+
+def test_runs_a_notebook_starts_carry_the_notebooks_path(
+    tracking_uri, experiment_name, monkeypatch
+):
+    """Nested and plain fluent runs started in a notebook name the notebook, not
+    ipykernel_launcher.py (MLflow's default source for a kernel)."""
+    import mlflow
+
+    from workbench.core import store
+
+    monkeypatch.setenv("WORKBENCH_NOTEBOOK", "notebooks/05-model-registry.ipynb")
+    exp = store.experiment_id(experiment_name)
+    with mlflow.start_run(experiment_id=exp) as parent, mlflow.start_run(nested=True) as child:
+        pass
+    client = mlflow.MlflowClient()
+    for run in (parent, child):
+        tags = client.get_run(run.info.run_id).data.tags
+        assert tags["mlflow.source.name"] == "notebooks/05-model-registry.ipynb", tags
+        assert tags["mlflow.source.type"] == "NOTEBOOK"

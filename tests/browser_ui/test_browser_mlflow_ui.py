@@ -14,6 +14,8 @@ import mlflow
 import nbformat
 import pytest
 
+from workbench.core import config
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 KERNELSPEC = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
@@ -152,6 +154,15 @@ def test_ui_lists_batch_runs_and_shows_the_executed_notebook(
     shots.mkdir()
 
     page = chromium.new_page(viewport={"width": 1400, "height": 900})
+    # The link the workbench prints for an experiment opens its runs (the training view),
+    # not MLflow 3's GenAI view with "Traces".
+    link = config.experiment_url(exp.experiment_id)
+    page.goto(url + link[link.index("/#/") :])
+    for r in runs:
+        expect(page.get_by_text(r.info.run_name, exact=True)).to_be_visible(timeout=60_000)
+    run_link = config.run_url(exp.experiment_id, runs[0].info.run_id)
+    page.goto(url + run_link[run_link.index("/#/") :])
+    expect(page.get_by_text(runs[0].info.run_name).first).to_be_visible(timeout=60_000)
     page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs")
     for r in runs:
         expect(page.get_by_text(r.info.run_name, exact=True)).to_be_visible(timeout=60_000)

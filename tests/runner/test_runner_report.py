@@ -55,7 +55,7 @@ def test_index_lists_executions_newest_first_with_failures_marked(
         row = body.nth(i)
         assert row.get_attribute("data-run-id") == run.run_id
         href = row.locator("a.mlflow").get_attribute("href")
-        assert href.endswith(f"/runs/{run.run_id}")
+        assert href.endswith(f"/runs/{run.run_id}?workflowType=machine_learning")
     # the report link opens the executed notebook's HTML, with the run id at the top
     first.locator("a.report").click()
     page.wait_for_load_state()

@@ -14,7 +14,8 @@ def _children(parent_run_id: str) -> dict[str, mlflow.entities.Run]:
     return {r.info.run_name: r for r in search.child_runs(parent_run_id)}
 
 
-def test_trials_are_nested_child_runs_with_states(tracking_uri, experiment_name):
+def test_trials_are_nested_child_runs_with_states(tracking_uri, experiment_name, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_NOTEBOOK", "notebooks/03-hyperparameter-search.ipynb")
     run = tracking.start_run(experiment_name, algorithm="logreg-search")
     space = {
         "C": ["float", 0.01, 10.0, "log"],
@@ -39,6 +40,8 @@ def test_trials_are_nested_child_runs_with_states(tracking_uri, experiment_name)
     for child in children.values():
         assert child.data.tags["mlflow.parentRunId"] == run.run_id
         assert child.info.status != "RUNNING"
+        # the runs list says where each trial came from, like its parent
+        assert child.data.tags["mlflow.source.name"] == "notebooks/03-hyperparameter-search.ipynb"
     failed = children["trial-0"]
     assert failed.info.status == "FAILED"
     assert failed.data.tags[search.STATE_TAG] == "failed"

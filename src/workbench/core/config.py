@@ -134,6 +134,16 @@ def ui_url(settings: Settings | None = None, host: str = "127.0.0.1", port: int 
     return os.environ.get("WORKBENCH_UI_URL", f"http://{host}:{port}").rstrip("/")
 
 
+# The MLflow 3 UI opens an experiment in its GenAI view (traces) unless the link says which
+# workflow it is for; every link the workbench prints or writes opens the training view.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_url(experiment_id: str, settings: Settings | None = None) -> str:
+    """Link to an experiment's runs in the MLflow UI (the training view)."""
+    return f"{ui_url(settings)}/#/experiments/{experiment_id}?{TRAINING_VIEW}"
+
+
 def run_url(experiment_id: str, run_id: str, settings: Settings | None = None) -> str:
-    """Link to a run's page in the MLflow UI."""
-    return f"{ui_url(settings)}/#/experiments/{experiment_id}/runs/{run_id}"
+    """Link to a run's page in the MLflow UI (the training view)."""
+    return f"{ui_url(settings)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"

@@ -17,7 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-LIBRARY_LOGGERS = ("mlflow", "alembic", "optuna", "sqlalchemy", "urllib3")
+# logger -> the least level kept in the file (SQLAlchemy's INFO is every SQL statement)
+LIBRARY_LOGGERS = {
+    "mlflow": logging.INFO,
+    "alembic": logging.INFO,
+    "optuna": logging.INFO,
+    "sqlalchemy": logging.WARNING,
+    "urllib3": logging.WARNING,
+}
 LOG_FILE_NAME = "workbench.log"
 _CONFIGURE_ENV = "MLFLOW_CONFIGURE_LOGGING"
 _SET_BY_US = "WORKBENCH_SET_MLFLOW_CONFIGURE_LOGGING"
@@ -35,10 +42,10 @@ def route_library_logs(log_file: Path, *, verbose: bool = False) -> Path:
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     for handler in handlers:
         handler.setFormatter(fmt)
-    for name in LIBRARY_LOGGERS:
+    for name, level in LIBRARY_LOGGERS.items():
         logger = logging.getLogger(name)
         logger.handlers = list(handlers)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(level)
         logger.propagate = False
     return log_file
 

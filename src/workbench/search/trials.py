@@ -32,6 +32,9 @@ _STATES = {
 }
 
 
+INHERITED_TAGS = ("mlflow.source.name", "mlflow.source.type", "mlflow.user")
+
+
 class TrialRuns:
     """Log each Optuna trial as a nested MLflow child run; an Optuna callback.
 
@@ -59,7 +62,10 @@ class TrialRuns:
 
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         self.parent_run_id = parent_run_id
-        self.experiment_id = experiment_id or self.client.get_run(parent_run_id).info.experiment_id
+        parent = self.client.get_run(parent_run_id)
+        self.experiment_id = experiment_id or parent.info.experiment_id
+        # Trials come from the same notebook (and user) as the study's run: say so.
+        self.inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
         self.metric_name, self.study_name = metric_name, study_name
         self._done: set[str] = set()
         self._lock = threading.Lock()
@@ -69,6 +75,7 @@ class TrialRuns:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         tags = {
+            **self.inherited,
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
             STATE_TAG: "running",
             TRIAL_TAG: str(trial.number),
@@ -116,6 +123,7 @@ class TrialRuns:
                 start_time=start,
                 run_name=f"trial-{trial.number}",
                 tags={
+                    **self.inherited,
                     MLFLOW_PARENT_RUN_ID: self.parent_run_id,
                     TRIAL_TAG: str(trial.number),
                     STUDY_TAG: self.study_name,

@@ -8,6 +8,7 @@ import importlib.metadata as md
 import inspect
 import io
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -328,4 +329,53 @@ def test_jupyter_kernel_manager_polls_shutdown_through_async_wait():
     assert asked, (
         f"{lib('jupyter_client')}: a kernel's shutdown no longer waits through _async_wait, "
         "so jupyter_compat's faster exit poll does nothing"
+    )
+
+
+# ------------------------------------------------------------------ MLflow: the run hand-over
+
+
+def test_mlflow_implicit_run_start_goes_through_start_run_homes(tracking_uri, monkeypatch):
+    """``tracking.handover`` replaces ``start_run`` in ``start_run_homes``: ``mlflow.log_*``
+    with no active run must start its run through one of them, not a private path."""
+    import mlflow
+
+    calls: list[dict] = []
+    original = mlflow.start_run
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    homes = mlflow_compat.start_run_homes(mlflow)
+    assert mlflow in homes and len(homes) == 2, f"{lib('mlflow')}: start_run lives in {homes}"
+    for home in homes:
+        monkeypatch.setattr(home, "start_run", recording)
+    mlflow.log_param("implicit", 1)
+    run = mlflow.active_run()
+    mlflow.end_run()
+    assert calls, f"{lib('mlflow')}: mlflow.log_param started its run without start_run"
+    assert mlflow.get_run(run.info.run_id).data.params == {"implicit": "1"}
+
+
+def test_mlflow_resumes_and_forgets_mlflow_run_id(tracking_uri, experiment_name, monkeypatch):
+    """MLflow's own convention the runner relies on (MLflow Projects): the first
+    ``start_run()`` resumes ``$MLFLOW_RUN_ID`` and removes it; ``set_experiment`` exports
+    ``$MLFLOW_EXPERIMENT_ID`` (how ``handover`` sees a notebook's own experiment)."""
+    import mlflow
+
+    exp_id = mlflow.MlflowClient().create_experiment(experiment_name)
+    run_id = mlflow.MlflowClient().create_run(exp_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    with mlflow.start_run() as run:
+        assert run.info.run_id == run_id, f"{lib('mlflow')}: $MLFLOW_RUN_ID was not resumed"
+    assert "MLFLOW_RUN_ID" not in os.environ, f"{lib('mlflow')}: $MLFLOW_RUN_ID kept"
+    from mlflow.tracking import fluent
+
+    # the fluent API's active experiment is process-wide: put it back after the test
+    monkeypatch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+    mlflow.set_experiment(experiment_id=exp_id)
+    assert os.environ.get("MLFLOW_EXPERIMENT_ID") == exp_id, (
+        f"{lib('mlflow')}: set_experiment no longer sets $MLFLOW_EXPERIMENT_ID"
     )

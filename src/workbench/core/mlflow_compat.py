@@ -112,3 +112,23 @@ def set_dataset_schema(dataset, sample: pd.DataFrame) -> None:
     from mlflow.types.utils import _infer_schema
 
     dataset.__dict__["schema"] = _infer_schema(sample)
+
+
+def start_run_homes(mlflow_module) -> list[Any]:
+    """The modules whose ``start_run`` attribute MLflow's fluent code calls at run time.
+
+    ``mlflow.start_run`` (public) is what notebooks and autologging's managed runs call
+    (``mlflow.start_run(tags=...)``, looked up on the package each time). But ``mlflow.log_*``
+    with no active run starts one through ``mlflow.tracking.fluent._get_or_start_run``, which
+    calls the *module-level* ``start_run`` of the module defining it. Replacing the attribute
+    in both places routes every fluent run start through one function
+    (``tracking.handover``). If MLflow moves the implicit start elsewhere, ``mlflow.log_param``
+    without a run would bypass the replacement: tests/test_compat.py checks that it does not.
+    """
+    import sys
+
+    home = sys.modules.get(getattr(mlflow_module.start_run, "__module__", ""), None)
+    homes = [mlflow_module]
+    if home is not None and home is not mlflow_module:
+        homes.append(home)
+    return homes

@@ -22,6 +22,7 @@ from pathlib import Path
 
 PROJECT_ENV = "WORKBENCH_PROJECT_DIR"
 ARTIFACT_ENV = "WORKBENCH_ARTIFACT_ROOT"
+CLUSTER_ENV = "WORKBENCH_CLUSTER"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 DEFAULT_REPORTS = "runs_reports"
@@ -36,6 +37,8 @@ class Settings:
     artifact_root: Path | None  # None when a server decides (http/https stores)
     reports_dir: Path
     source: str  # which rule gave the tracking URI: "env", "pyproject" or "default"
+    # Dask scheduler for `workbench batch` ($WORKBENCH_CLUSTER, else `cluster` in pyproject)
+    cluster: str | None = None
 
     @property
     def is_embedded(self) -> bool:
@@ -117,7 +120,8 @@ def get_settings(start: Path | None = None) -> Settings:
         else:
             artifact_root = project / DEFAULT_ARTIFACTS
     reports = project / str(table.get("reports_dir", DEFAULT_REPORTS))
-    return Settings(project, uri, artifact_root, reports, source)
+    cluster = os.environ.get(CLUSTER_ENV) or table.get("cluster") or None
+    return Settings(project, uri, artifact_root, reports, source, cluster and str(cluster))
 
 
 def tracking_uri() -> str:

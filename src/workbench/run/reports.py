@@ -70,6 +70,8 @@ class Row:
 def _link(path_tag: str | None, settings: Settings) -> str | None:
     if not path_tag:
         return None
+    if path_tag.startswith(("http://", "https://")):  # a cluster run's report on the server
+        return path_tag
     path = Path(path_tag)
     if not path.is_absolute():
         path = settings.project_dir / path

@@ -1,0 +1,227 @@
+"""Pre-imported kernels for batches: one template process per worker, forked per job.
+
+A fresh kernel pays its imports (ipykernel, mlflow, pandas, scikit-learn, matplotlib: ~4 s
+here) before its first cell runs. A batch worker instead starts one ``Template`` (the process
+in ``workbench.run.template``, which imports all that once) and, for each job, asks it to fork:
+the child becomes the job's kernel in about half a second. The template reaps its children
+and reports their exit codes over its pipe, so the kernel manager polls, waits for and
+signals a process that is the template's child, not its own (``workbench.run.provisioner``).
+
+``start_template`` makes a template the one this process uses; ``kernel_manager_class`` is
+what the papermill engine hands to nbclient: the forking kernel manager while a template is
+in use (it also asks the template to import the notebook's own imports), the usual one
+otherwise. A template that refuses a job (see ``workbench.run.template``), or a notebook
+whose kernel is not this environment's Python, gets a normal kernel start.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import itertools
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from workbench.core import jupyter_compat, processes
+from workbench.run import provisioner
+from workbench.run.provisioner import TemplateRefused
+
+# How long a fork may wait for the template's answer (its first imports included).
+FORK_TIMEOUT_S = 120.0
+
+
+class Template:
+    """The owner's side of a template process: fork requests and its children's exits."""
+
+    def __init__(self, modules: list[list] | tuple = ()) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench.run.template", *map(json.dumps, modules)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert self.proc.stdout is not None
+        self._fd = self.proc.stdout.fileno()
+        os.set_blocking(self._fd, False)
+        self._buffer = b""
+        self._replies: dict[int, dict] = {}
+        self._exits: dict[int, int] = {}
+        self._ticks: dict[int, str] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self.gone = False
+        self.warned: set[str] = set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _send(self, message: dict) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            self.gone = True
+
+    def _pump(self, timeout: float) -> None:
+        """Read what the template said (waiting up to ``timeout`` s for something)."""
+        if self.gone:
+            return
+        ready, _, _ = select.select([self._fd], [], [], timeout)
+        if not ready:
+            return
+        try:
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.gone = True
+            return
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            msg = json.loads(line)
+            if "exit" in msg:
+                self._exits[msg["exit"]] = msg["code"]
+            else:
+                self._replies[msg["id"]] = msg
+
+    def preload(self, modules: list[list]) -> None:
+        """Have the template import ``modules`` (before the next fork; no answer)."""
+        if modules:
+            with self._lock:
+                self._send({"op": "preload", "id": next(self._ids), "modules": modules})
+
+    def wait_ready(self, timeout: float = FORK_TIMEOUT_S) -> int:
+        """Wait until the template imported everything it was given; its module count."""
+        with self._lock:
+            return int(self._request({"op": "sync"}, timeout).get("modules", 0))
+
+    def _request(self, message: dict, timeout: float) -> dict:
+        """Send a request and wait for its answer (a template that does not answer in
+        ``timeout`` s is closed); ``{"refused": ...}`` when the template is gone."""
+        if self.gone:
+            return {"refused": "the template process is gone"}
+        rid = next(self._ids)
+        self._send({**message, "id": rid})
+        deadline = time.monotonic() + timeout
+        while rid not in self._replies and not self.gone:
+            if time.monotonic() > deadline:
+                self.close(timeout=0)
+                return {"refused": f"the template did not answer in {timeout:g} s"}
+            self._pump(0.5)
+        return self._replies.pop(rid, {"refused": "the template process is gone"})
+
+    def fork(self, argv: list[str], cwd: str, env: dict[str, str], **files: str | None) -> int:
+        """A new kernel process: ``ipykernel_launcher`` ``argv`` in ``cwd`` with ``env`` (and
+        ``stdout``/``stderr`` appended to the files named); its pid. TemplateRefused when
+        the template will not fork it or is gone."""
+        request = {"op": "fork", "argv": argv, "cwd": cwd, "env": env, **files}
+        with self._lock:
+            reply = self._request(request, FORK_TIMEOUT_S)
+        if "refused" in reply:
+            raise TemplateRefused(reply["refused"])
+        pid = int(reply["pid"])
+        self._ticks[pid] = processes.start_ticks(pid)
+        return pid
+
+    def exit_code(self, pid: int) -> int | None:
+        """The exit code of a forked kernel, None while it runs."""
+        with self._lock:
+            self._pump(0)
+            if pid in self._exits:
+                return self._exits[pid]
+            if self.gone:  # nobody reaps it now; it exits when it sees its parent gone
+                return None if processes.alive(pid, self._ticks.get(pid, "")) else 1
+            return None
+
+    def forget(self, pid: int) -> None:
+        self._exits.pop(pid, None)
+        self._ticks.pop(pid, None)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the template's stdin (it exits, killing any kernel left) and reap it."""
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+# ------------------------------------------------------------------ this process's template
+
+_active: Template | None = None
+
+
+def start_template(modules: list[list] | tuple = ()) -> Template:
+    """Start a template and make it the one this process's kernels are forked from."""
+    global _active
+    close_template()
+    _active = Template(modules)
+    return _active
+
+
+def active_template() -> Template | None:
+    return _active if _active is not None and not _active.gone else None
+
+
+def close_template() -> None:
+    """Close this process's template, if any."""
+    global _active
+    if _active is not None:
+        _active.close()
+        _active = None
+
+
+def kernel_manager_class(nb: Any = None) -> type:
+    """The kernel manager for the next execution: forked from this process's template when
+    there is one (the template is told ``nb``'s imports first), the usual one otherwise."""
+    template = active_template()
+    if template is None:
+        return jupyter_compat.fast_exit_kernel_manager()
+    if nb is not None:
+        template.preload(notebook_imports(nb))
+    return provisioner.forked_kernel_manager(template)
+
+
+# ------------------------------------------------------------------ a notebook's imports
+
+
+def notebook_imports(nb: Any) -> list[list]:
+    """``[module, [names]]`` for each top-level ``import``/``from ... import`` of the
+    notebook's code cells, in order (IPython magics and shell lines skipped; a cell that is
+    not Python is skipped)."""
+    found: dict[str, list[str]] = {}
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        if source.lstrip().startswith("%%"):
+            continue
+        lines = ["" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines()]
+        try:
+            tree = ast.parse("\n".join(lines))
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    found.setdefault(alias.name, [])
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = found.setdefault(node.module, [])
+                names += [a.name for a in node.names if a.name != "*" and a.name not in names]
+    return [[module, names] for module, names in found.items()]

@@ -1,0 +1,437 @@
+"""The template process of forked kernels: ``python -m workbench.run.template [MODULE ...]``.
+
+A batch worker starts one (``workbench.run.kernels.Template``). It imports ipykernel first,
+then the modules it is given and the usual heavy ones (mlflow, pandas, numpy, scikit-learn,
+matplotlib), and forks once per job: the child becomes that job's kernel (its own session,
+working directory, environment and connection file; ``IPKernelApp`` as ``ipykernel_launcher``
+would start it) without paying the imports again. It talks to its owner over its stdin and
+stdout, one JSON object a line: requests ``{"op": "fork" | "preload" | "sync", "id": n, ...}``,
+replies ``{"id": n, "pid": p}`` or ``{"id": n, "refused": why}`` (``sync``: once every import is
+done), and ``{"exit": pid, "code": c}``
+each time it reaps a child (its children are its own: it reaps them and reports their exit
+codes, negative for a signal as ``Popen.returncode`` has it). It exits when its stdin closes
+(the owner exited or died), killing any kernel still running.
+
+Why forking is safe here. A process that forks with more than one thread gives its child
+locks that may be held forever and thread pools that no longer exist; a socket or store
+connection would be shared by two processes. So before each fork the template checks that
+it runs one thread, Python and native (``/proc/self/task``), and holds no socket and no file
+besides its pipes; otherwise it refuses, and the job gets a normal kernel start (the
+owner logs why). The libraries it preloads are kept single-threaded until the fork:
+
+- numpy/OpenBLAS: OpenBLAS starts its thread pool when the library loads (measured: importing
+  numpy adds a thread, scipy's own OpenBLAS another). The template sets
+  ``OPENBLAS_NUM_THREADS=1`` before importing anything, so no BLAS thread exists before the
+  fork; in the child, once the job's environment is applied, the BLAS pool is resized to what
+  that environment asks (``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``, ``OMP_NUM_THREADS``,
+  else the usable cores, OpenBLAS's own default), which starts its threads after the fork.
+- xgboost and scikit-learn/OpenMP: libgomp is not fork-safe once its thread pool started,
+  and it starts it at the first parallel region, not at load. The template never runs model
+  code, so no OpenMP region ran before a fork, and the thread check would catch one that
+  did. ``OMP_NUM_THREADS`` is left alone (libgomp reads it at load; the child must keep the
+  normal default).
+- pyarrow (imported by pandas) starts a jemalloc background thread at load; the template sets
+  ``JE_ARROW_MALLOC_CONF=background_thread:false`` first (the child then purges jemalloc's
+  memory inline; pyarrow allocates through mimalloc by default anyway).
+- matplotlib: the backend is only chosen at first use. The template sets ``MPLBACKEND`` to
+  the inline backend before importing matplotlib, as ipykernel does in every kernel, and
+  never imports a backend module; the child sets the job's backend (``MPLBACKEND`` from its
+  environment, else inline) before the kernel starts, and the inline backend then hooks
+  into the kernel's shell when a figure is first drawn; headless kernels get Agg the same
+  way a fresh kernel would.
+
+What differs from a fresh kernel, and is handled: ``random`` reseeds itself after a fork and
+numpy's global generator is reseeded in the child (else every job would draw the same
+numbers); ``sys.argv`` and ``sys.path`` are the ones ``ipykernel_launcher`` gives; a job whose
+working directory holds a module that shadows a preloaded one (``utils.py`` next to the
+notebook), or a ``matplotlibrc``, or whose ``PYTHON*``/``MPLCONFIGDIR`` variables differ from
+the template's, is refused (a fresh kernel would see something else). Warnings a library
+raises while it is imported are not shown again in a forked kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import select
+import signal
+import sys
+
+# What a kernel imports while it starts (its debugger pulls in debugpy): imported first, so
+# a forked kernel starts without importing anything.
+KERNEL_MODULES = (
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",
+    "IPython.core.debugger",
+    "IPython.core.completerlib",
+    "IPython.extensions.storemagic",
+    "tornado.queues",
+    "tornado.platform.asyncio",
+    "pdb",
+    "encodings.ascii",
+    "encodings.latin_1",
+)
+# The heavy modules every template imports, after the kernel's (and the batch's own).
+BASE_MODULES = (
+    "numpy",
+    "pandas",
+    "sklearn",
+    "sklearn.base",
+    "sklearn.model_selection",
+    "matplotlib",
+    "matplotlib.pyplot",
+    "mlflow",
+    "mlflow.sklearn",
+    "workbench.tracking",
+)
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# Set in the template only (the child applies the job's own environment).
+TEMPLATE_ENV = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "JE_ARROW_MALLOC_CONF": "background_thread:false",
+}
+
+
+def _send(fd: int, message: dict) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+class Server:
+    """The template's loop: import, answer requests, fork, reap."""
+
+    def __init__(self, modules: list[list]) -> None:
+        # The owner's pipes and stderr move to fresh descriptors and 0-2 go to /dev/null: a
+        # library that prints while it is imported can neither corrupt the protocol nor
+        # reach the owner's terminal. Kernels get the owner's stderr back (or their files).
+        self.ctl_in, self.ctl_out, self.err = os.dup(0), os.dup(1), os.dup(2)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.pending: list[list] = [[m, []] for m in KERNEL_MODULES] + modules
+        self.pending += [[m, []] for m in BASE_MODULES]
+        self.children: set[int] = set()
+        self.buffer = b""
+        self.fresh_tops: set[str] = set()  # top-level modules a fresh kernel would not have
+        self.baseline: set[str] | None = None
+        self.env_at_start = dict(os.environ)
+
+    # -------------------------------------------------------------- imports
+
+    def import_next(self) -> None:
+        name, names = self.pending.pop(0)
+        _import(name, names)
+        if self.baseline is None and name == KERNEL_MODULES[-1]:
+            self.baseline = _tops()
+        if self.baseline is not None:
+            self.fresh_tops = _tops() - self.baseline
+
+    def preload(self, modules: list[list]) -> None:
+        """Import ``modules`` now (the kernel's own first, if still pending)."""
+        while self.pending and self.pending[0][0] in KERNEL_MODULES:
+            self.import_next()
+        for item in modules:
+            self.pending.insert(0, item)
+            self.import_next()
+
+    # -------------------------------------------------------------- serving
+
+    def serve(self) -> dict | None:
+        """Serve until stdin closes (None) or, in a forked child, return its request."""
+        try:
+            return self._loop()
+        except BrokenPipeError:  # the owner is gone
+            self.stop_children()
+            return None
+
+    def _loop(self) -> dict | None:
+        while True:
+            self.reap()
+            wait = 0.0 if self.pending else None
+            ready, _, _ = select.select([self.ctl_in, self.wake_r], [], [], wait)
+            if self.wake_r in ready:
+                _drain(self.wake_r)
+            if self.ctl_in in ready:
+                chunk = os.read(self.ctl_in, 65536)
+                if not chunk:
+                    self.stop_children()
+                    return None
+                self.buffer += chunk
+                while b"\n" in self.buffer:
+                    line, self.buffer = self.buffer.split(b"\n", 1)
+                    child = self.handle(json.loads(line))
+                    if child is not None:
+                        return child
+            elif not ready and self.pending:
+                self.import_next()
+
+    def handle(self, req: dict) -> dict | None:
+        """Answer one request; in a forked child, return the request."""
+        self.preload(req.get("modules", []))
+        if req.get("op") == "preload":
+            return None
+        if req.get("op") == "sync":  # answered once every pending import is done
+            while self.pending:
+                self.import_next()
+            _send(self.ctl_out, {"id": req["id"], "modules": len(sys.modules)})
+            return None
+        why = self.refusal(req)
+        if why is not None:
+            _send(self.ctl_out, {"id": req["id"], "refused": why})
+            return None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # What the template imported lives as long as every kernel: out of the collector's
+        # reach, so a collection in a kernel neither walks it nor copies its pages.
+        gc.collect()
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            self.leave(req)
+            return req
+        self.children.add(pid)
+        _send(self.ctl_out, {"id": req["id"], "pid": pid})
+        return None
+
+    def reap(self) -> None:
+        """Report every child that ended since the last look."""
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self.children.discard(pid)
+                _send(self.ctl_out, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    def stop_children(self) -> None:
+        """The owner is gone: so are the kernels it left running."""
+        for pid in self.children:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def leave(self, req: dict) -> None:
+        """In the child: the job's output files, then drop the template's pipes and handlers."""
+        gc.enable()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd, path in ((1, req.get("stdout")), (2, req.get("stderr"))):
+            target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if path else None
+            os.dup2(self.err if target is None else target, fd)
+            if target is not None:
+                os.close(target)
+        for fd in (self.ctl_in, self.ctl_out, self.err, self.wake_r, self.wake_w):
+            os.close(fd)
+
+    # -------------------------------------------------------------- safety
+
+    def refusal(self, req: dict) -> str | None:
+        """Why this job must not be forked from here, or None when it may."""
+        return (
+            _threads()
+            or _open_files({0, 1, 2, self.ctl_in, self.ctl_out, self.err, self.wake_r, self.wake_w})
+            or self.env_differs(req["env"])
+            or self.shadowed(req["cwd"])
+        )
+
+    def env_differs(self, env: dict[str, str]) -> str | None:
+        """Variables read once at start-up or import must be the template's."""
+        keys = {k for k in (*env, *self.env_at_start) if k.startswith("PYTHON")}
+        keys.add("MPLCONFIGDIR")
+        differ = sorted(k for k in keys if env.get(k) != self.env_at_start.get(k))
+        return f"the job's {', '.join(differ)} differ from the template's" if differ else None
+
+    def shadowed(self, cwd: str) -> str | None:
+        """A file in the job's directory that a fresh kernel would import instead."""
+        try:
+            entries = os.listdir(cwd)
+        except OSError as exc:
+            return f"cannot list the working directory: {exc}"
+        if "matplotlibrc" in entries and "matplotlib" in sys.modules:
+            return f"{cwd} has a matplotlibrc"
+        local = {e.split(".", 1)[0] for e in entries if e.endswith((".py", ".so"))}
+        local |= {e for e in entries if os.path.isdir(os.path.join(cwd, e))}
+        hit = sorted(local & self.fresh_tops)
+        return f"{cwd} holds module(s) {', '.join(hit)} that shadow preloaded ones" if hit else None
+
+
+def _import(name: str, names: list[str]) -> None:
+    """Import a module (and ``from`` names that are submodules); failures are the notebook's
+    to report, warnings are not shown."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            module = importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - a module that fails here fails in the notebook
+            return
+        for attr in names:
+            if not hasattr(module, attr):
+                with contextlib.suppress(BaseException):
+                    importlib.import_module(f"{name}.{attr}")
+
+
+def _tops() -> set[str]:
+    return {name.split(".", 1)[0] for name in list(sys.modules)}
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _threads() -> str | None:
+    """None when this process runs exactly one thread (Python's count and the kernel's)."""
+    import threading
+
+    tasks = os.listdir("/proc/self/task")
+    if threading.active_count() == 1 and len(tasks) == 1:
+        return None
+    names = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    return f"the template runs {len(tasks)} threads ({', '.join(sorted(names))})"
+
+
+def _open_files(allowed: set[int]) -> str | None:
+    """None when every open descriptor is one of ``allowed`` (no socket, no store file)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        if int(fd) in allowed:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the descriptor of the listing itself, already closed
+        found.append(f"{fd} -> {target}")
+    return f"the template holds open descriptors: {', '.join(found)}" if found else None
+
+
+# ------------------------------------------------------------------ the child
+
+
+def become_kernel(req: dict) -> int:
+    """In the forked child: take the job's session, directory and environment, then
+    run the kernel as ``ipykernel_launcher`` would. Returns the exit code."""
+    os.setsid()
+    os.chdir(req["cwd"])
+    env = dict(req["env"])
+    env["JPY_PARENT_PID"] = str(os.getppid())
+    os.environ.clear()
+    os.environ.update(env)
+    _blas_threads(env)
+    _reseed()
+    _matplotlib_backend(env)
+    import ipykernel_launcher
+    from ipykernel.kernelapp import IPKernelApp
+
+    sys.argv = [ipykernel_launcher.__file__, *req["argv"]]
+    # ipykernel read JPY_PARENT_PID when the template imported it: name the parent here,
+    # so the kernel exits if the template dies (as a fresh kernel does with its launcher).
+    IPKernelApp.launch_instance(argv=list(req["argv"]), parent_handle=os.getppid())
+    return 0
+
+
+def _blas_threads(env: dict[str, str]) -> None:
+    """Give OpenBLAS the thread count the job's environment asks for (the template ran it
+    with one, so that no BLAS thread existed before the fork)."""
+    import ctypes
+
+    wanted = next(
+        (
+            env[k]
+            for k in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+            if env.get(k)
+        ),
+        "",
+    )
+    try:
+        count = int(wanted.split(",")[0]) if wanted else len(os.sched_getaffinity(0))
+    except ValueError:
+        count = len(os.sched_getaffinity(0))
+    if count <= 1:
+        return
+    for path in _loaded_libraries("openblas"):
+        lib = ctypes.CDLL(path)
+        for symbol in (
+            "openblas_set_num_threads",
+            "openblas_set_num_threads64_",
+            "scipy_openblas_set_num_threads",
+            "scipy_openblas_set_num_threads64_",
+        ):
+            setter = getattr(lib, symbol, None)
+            if setter is not None:
+                setter(count)
+                break
+
+
+def _loaded_libraries(fragment: str) -> list[str]:
+    paths = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.rstrip("\n").split(None, 5)[-1]
+            if path.startswith("/") and fragment in os.path.basename(path).lower():
+                paths.add(path)
+    return sorted(paths)
+
+
+def _reseed() -> None:
+    """numpy's global generator was seeded once, in the template: give each job its own."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+
+
+def _matplotlib_backend(env: dict[str, str]) -> None:
+    """The job's backend (what ipykernel would set), chosen before any figure exists."""
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is not None:
+        matplotlib.rcParams["backend"] = env.get("MPLBACKEND") or INLINE_BACKEND
+
+
+def main(argv: list[str]) -> int:
+    """Prepare, import, serve; in a forked child, run the job's kernel."""
+    for key, value in TEMPLATE_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+    if sys.path and os.path.realpath(sys.path[0] or ".") == os.path.realpath(os.getcwd()):
+        del sys.path[0]  # as ipykernel_launcher does: nothing from the template's directory
+    gc.disable()  # imports only: the collector would just slow them down
+    modules = [json.loads(a) for a in argv]
+    server = Server(modules)
+    try:
+        req = server.serve()
+    except Exception:  # the owner sees the pipe close and starts fresh kernels instead
+        import traceback
+
+        os.write(server.err, f"workbench template failed:\n{traceback.format_exc()}".encode())
+        return 1
+    if req is None:
+        return 0
+    return become_kernel(req)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -358,3 +358,43 @@ def test_a_dead_template_takes_its_kernels_and_later_jobs_start_fresh(tmp_path):
         assert facts["ppid"] == os.getpid()
     finally:
         tpl.close()
+
+
+OWNER = """
+import asyncio, os, sys, time
+from workbench.run import kernels, provisioner
+
+async def main():
+    template = kernels.Template()
+    km = provisioner.forked_kernel_manager(template)(kernel_name="python3")
+    await km.start_kernel(cwd=os.getcwd(), env=dict(os.environ))
+    print(template.pid, km.provisioner.forked, flush=True)
+    time.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_an_owner_killed_outright_takes_its_template_and_kernels(tmp_path):
+    """As the engine's kernels die with a worker killed outright, so do forked ones."""
+    import subprocess
+
+    from workbench.core import processes
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        template_pid, kernel_pid = map(int, owner.stdout.readline().split())
+        assert processes.alive(template_pid) and processes.alive(kernel_pid)
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+            processes.alive(template_pid) or processes.alive(kernel_pid)
+        ):
+            time.sleep(0.05)
+        assert not processes.alive(template_pid) and not processes.alive(kernel_pid)
+    finally:
+        owner.kill()
+        owner.wait()

@@ -31,6 +31,7 @@ from typing import Any
 from workbench.core import jupyter_compat, processes
 from workbench.run import provisioner
 from workbench.run.provisioner import TemplateRefused
+from workbench.run.template import OWNER_ENV
 
 # How long a fork may wait for the template's answer (its first imports included).
 FORK_TIMEOUT_S = 120.0
@@ -45,6 +46,7 @@ class Template:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
+            env={**os.environ, OWNER_ENV: str(os.getpid())},
         )
         assert self.proc.stdout is not None
         self._fd = self.proc.stdout.fileno()
@@ -166,11 +168,14 @@ class Template:
 _active: Template | None = None
 
 
-def start_template(modules: list[list] | tuple = ()) -> Template:
-    """Start a template and make it the one this process's kernels are forked from."""
+def start_template(modules: list[list] | tuple = ()) -> Template | None:
+    """Start a template and make it the one this process's kernels are forked from (Linux
+    only: elsewhere None, and kernels start as usual). Start it from the thread that lives
+    as long as the process (the template dies with the thread that started it)."""
     global _active
     close_template()
-    _active = Template(modules)
+    if sys.platform == "linux":
+        _active = Template(modules)
     return _active
 
 

@@ -34,8 +34,14 @@ from workbench.core import jupyter_compat
 
 log = logging.getLogger("workbench.run.kernels")
 
-# Start options a fork can honour; any other (stdin, preexec_fn...) means a normal start.
-_FORK_OPTIONS = {"env", "cwd", "stdout", "stderr", "kernel_id", "extra_arguments", "independent"}
+# Start options a fork can honour; any other (stdin, start_new_session...) means a normal
+# start. ``preexec_fn`` is not run: the only one the workbench passes is the engine's "die
+# with the process that started it", which a forked kernel already does (it dies with the
+# template, which dies with its owner: see ``workbench.run.template``).
+_FORK_OPTIONS = {
+    *("env", "cwd", "stdout", "stderr", "kernel_id", "extra_arguments", "independent"),
+    "preexec_fn",
+}
 
 
 class TemplateRefused(RuntimeError):

@@ -10,7 +10,10 @@ replies ``{"id": n, "pid": p}`` or ``{"id": n, "refused": why}`` (``sync``: once
 done), and ``{"exit": pid, "code": c}``
 each time it reaps a child (its children are its own: it reaps them and reports their exit
 codes, negative for a signal as ``Popen.returncode`` has it). It exits when its stdin closes
-(the owner exited or died), killing any kernel still running.
+(the owner exited), killing any kernel still running. If the owner dies outright, the kernel
+sends the template SIGKILL and then each forked kernel SIGKILL (Linux ``PR_SET_PDEATHSIG``,
+set in the template for its owner and in each child for the template): a batch worker killed
+outright leaves no template and no kernel behind, as with a kernel it started itself.
 
 Why forking is safe here. A process that forks with more than one thread gives its child
 locks that may be held forever and thread pools that no longer exist; a socket or store
@@ -87,13 +90,25 @@ BASE_MODULES = (
     "mlflow",
     "mlflow.sklearn",
     "workbench.tracking",
+    "workbench.tracking.handover",
 )
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+OWNER_ENV = "WORKBENCH_TEMPLATE_OWNER"  # the pid the template dies with
 # Set in the template only (the child applies the job's own environment).
 TEMPLATE_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "JE_ARROW_MALLOC_CONF": "background_thread:false",
 }
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when ``parent`` dies (``PR_SET_PDEATHSIG``); exit
+    now if it already has."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _send(fd: int, message: dict) -> None:
@@ -193,12 +208,14 @@ class Server:
             return None
         sys.stdout.flush()
         sys.stderr.flush()
+        template = os.getpid()
         # What the template imported lives as long as every kernel: out of the collector's
         # reach, so a collection in a kernel neither walks it nor copies its pages.
         gc.collect()
         gc.freeze()
         pid = os.fork()
         if pid == 0:
+            die_with_parent(template)
             self.leave(req)
             return req
         self.children.add(pid)
@@ -413,6 +430,9 @@ def _matplotlib_backend(env: dict[str, str]) -> None:
 
 def main(argv: list[str]) -> int:
     """Prepare, import, serve; in a forked child, run the job's kernel."""
+    owner = os.environ.pop(OWNER_ENV, "")
+    if owner:
+        die_with_parent(int(owner))
     for key, value in TEMPLATE_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)

@@ -6,9 +6,12 @@ more: SQLAlchemy models, alembic), all CPU-bound Python that would hold the runn
 the second core while the runner checks the parameters, starts the kernel and warms the HTML
 exporter. The agent touches the store only when told to ``begin`` (after the parameters were
 accepted), and ends the run when told to ``finish``; if the runner dies in between, it marks
-the run KILLED itself. Where MLflow is loaded already (batch workers, an interactive caller)
-or forking is not safe (threads running, not Linux), ``LocalRunStore`` does the same work on a
-thread in-process. Either way ``begin`` returns a future, so the kernel starts meanwhile.
+the run KILLED itself. It ignores SIGINT, SIGTERM and SIGHUP: sent to the whole process
+group (Ctrl-C, a closed terminal, a cancelled CI job), they are the runner's to handle, and
+the runner then has the agent record the run's end. Where MLflow is loaded already (batch
+workers, an interactive caller) or forking is not safe (threads running, not Linux),
+``LocalRunStore`` does the same work on a thread in-process. Either way ``begin`` returns a
+future, so the kernel starts meanwhile.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Begun:
     run_id: str
     experiment_id: str
     recovered: list[str] = field(default_factory=list)  # stale runs marked KILLED first
+    notes: list[str] = field(default_factory=list)  # stale runs the sweep could not change
 
 
 @dataclass
@@ -64,10 +68,11 @@ def begin_run(job: Job, tags: dict[str, str], run_name: str, recover: bool) -> B
     from workbench.run import recovery
 
     client = store.connect(activate=False)
-    recovered = recovery.recover_stale_runs(client) if recover else []
+    notes: list[str] = []
+    recovered = recovery.recover_stale_runs(client, notes=notes) if recover else []
     exp_id = job.experiment_id or store.experiment_id(job.experiment)
     run_id = client.create_run(exp_id, tags=tags, run_name=run_name).info.run_id
-    return Begun(run_id, exp_id, recovered)
+    return Begun(run_id, exp_id, recovered, notes)
 
 
 def end_run(e: Ending) -> Ended:
@@ -100,12 +105,24 @@ def end_run(e: Ending) -> Ended:
     return Ended(reason, metrics, notes)
 
 
-def _mark_killed(run_id: str, why: str) -> None:
+def mark_killed(run_id: str, why: str, only_running: bool = False) -> str | None:
+    """End a run KILLED with ``why`` as its reason (with ``only_running``, only when it is
+    still RUNNING). Returns the problem when the store refused, after putting it in the run's
+    reason if it could: never raises, never fails silently (the caller prints it)."""
     from workbench.core import names, store
 
-    client = store.connect(activate=False)
-    client.set_tag(run_id, names.TAG_REASON, why)
-    client.set_terminated(run_id, "KILLED")
+    try:
+        client = store.connect(activate=False)
+        if only_running and client.get_run(run_id).info.status != "RUNNING":
+            return None
+        client.set_tag(run_id, names.TAG_REASON, why)
+        client.set_terminated(run_id, "KILLED")
+        return None
+    except Exception as exc:
+        problem = f"could not mark run {run_id} KILLED ({why}): {type(exc).__name__}: {exc}"
+    with contextlib.suppress(Exception):  # the tag may still take it when the status did not
+        client.set_tag(run_id, names.TAG_REASON, f"{why}; {problem}"[:5000])
+    return problem
 
 
 # ------------------------------------------------------------------ in-process
@@ -148,7 +165,8 @@ def _send(conn, message: tuple) -> None:
 def _agent_main(conn, other, runner_pid: int) -> None:
     """The agent's life: preload MLflow, then serve begin / end until told to quit."""
     other.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the runner's to handle
+        signal.signal(sig, signal.SIG_IGN)
     # Importing MLflow allocates millions of objects that all stay alive: the cyclic
     # collector's passes over them cost a quarter of the import time. Off until the run
     # exists (the agent is short-lived and allocates little afterwards).
@@ -179,8 +197,10 @@ def _agent_main(conn, other, runner_pid: int) -> None:
         except Exception as exc:
             _send(conn, ("error", f"{type(exc).__name__}: {exc}"))
     if run_id is not None and not ended:  # the runner died before ending its run
-        with contextlib.suppress(Exception):
-            _mark_killed(run_id, f"runner process {runner_pid} died before ending the run")
+        problem = mark_killed(run_id, f"runner process {runner_pid} died before ending the run")
+        if problem:
+            with contextlib.suppress(OSError):  # the terminal may be gone with the runner
+                print(f"workbench run: {problem}", file=sys.stderr, flush=True)
 
 
 class AgentRunStore:

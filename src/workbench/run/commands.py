@@ -2,18 +2,24 @@
 
 Both check every parameter before anything starts (exit 2, nothing written), execute with
 ``runner.execute`` (one MLflow run per execution, ended truthfully), print what happened
-and rebuild the report index. Exit codes: 0 all FINISHED, 1 something failed.
+and rebuild the report index. Exit codes: 0 all FINISHED, 1 something failed, 128 + the
+signal's number when SIGTERM, SIGHUP or Ctrl-C stopped them (``run.signals``: every run
+is ended KILLED with the reason and every kernel shut down first). What they print has
+secrets masked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.core.config import get_settings, run_url
 from workbench.core.errors import EXIT_FAILED, EXIT_OK, UsageError
-from workbench.run import agent, batch, reports, runner, startup
+from workbench.core.secrets import redact, scrub, secret_values
+from workbench.run import agent, batch, reports, runner, signals, startup
 from workbench.run.jobs import Job, JobResult, prepare_job
 
 if TYPE_CHECKING:
@@ -31,7 +37,20 @@ def run_command(
     timeout: float | None,
     label: str | None,
 ) -> int:
-    """``workbench run``: validate, execute, report. 0 ok, 1 failed; UsageError for bad input."""
+    """``workbench run``: validate, execute, report. 0 ok, 1 failed, 128 + N on signal N;
+    UsageError for bad input."""
+    with signals.handled():
+        return _run(notebook, parameters, params_files, experiment, timeout, label)
+
+
+def _run(
+    notebook: str,
+    parameters: list[list[str]],
+    params_files: list[str],
+    experiment: str | None,
+    timeout: float | None,
+    label: str | None,
+) -> int:
     import gc
 
     startup.skip_slow_imports()
@@ -40,16 +59,32 @@ def run_command(
     # process checks the parameters and starts the kernel (it writes nothing until `begin`).
     side = agent.open_store()
     gc.disable()  # start-up is imports (papermill, nbconvert): the collector only slows them
+    stop: signals.Terminated | None = None
     try:
         job = prepare_run_job(notebook, parameters, params_files, experiment, timeout, label)
-        result = runner.execute(job, store=side, recover=True, rebuild_index=True, on_run=gc.enable)
+        signals.check()  # a signal meanwhile: stop before any run or kernel exists
+        on_run = lambda _run_id: gc.enable()  # noqa: E731
+        result = runner.execute(job, store=side, recover=True, rebuild_index=True, on_run=on_run)
+    except signals.Terminated as exc:
+        stop, result = exc, exc.result
     finally:
         gc.enable()
         side.close()
-    print_result(result)
+    stop = stop or signals.stopping()
+    if result is not None:
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            print_result(result)
     if startup.is_command_process():
         gc.freeze()  # the exit's final collections would walk every object: 0.2 s for nothing
+    if stop is not None:
+        _say_stopped(stop, "run")
+        return stop.exit_code
     return EXIT_OK if result.status == "FINISHED" else EXIT_FAILED
+
+
+def _say_stopped(stop: signals.Terminated, command: str) -> None:
+    with contextlib.suppress(OSError):
+        print(f"workbench {command}: {stop.reason}", file=sys.stderr)
 
 
 def prepare_run_job(
@@ -82,7 +117,7 @@ def print_result(r: JobResult, file=None) -> None:
     exp_id = r.job.experiment_id or store.experiment_id(r.job.experiment, settings)
     print(f"run {r.run_id}  {r.status}  {r.duration:.1f} s", file=file)
     if r.reason:
-        print(f"  why:        {r.reason}", file=file)
+        print(f"  why:        {scrub(r.reason, secret_values(r.job.parameters))}", file=file)
     print(f"  experiment: {r.job.experiment}", file=file)
     if r.report:
         rep = Path(r.report)
@@ -94,7 +129,13 @@ def batch_command(
     paths: list[str], *, jobs: int, resume: bool, dry_run: bool, timeout: float | None
 ) -> int:
     """``workbench batch``: plan every job (nothing runs on a bad one), skip what --resume
-    finds FINISHED, run the rest ``jobs`` at a time, print the summary."""
+    finds FINISHED, run the rest ``jobs`` at a time, print the summary. On SIGTERM, SIGHUP
+    or Ctrl-C the jobs running end KILLED, the others do not start (exit 128 + N)."""
+    with signals.handled():
+        return _batch(paths, jobs, resume, dry_run, timeout)
+
+
+def _batch(paths: list[str], jobs: int, resume: bool, dry_run: bool, timeout: float | None) -> int:
     import gc
 
     startup.skip_slow_imports()
@@ -102,20 +143,18 @@ def batch_command(
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     todo, stages = batch.plan_stages(paths, timeout)
     if dry_run and not resume:
-        batch.print_plan(todo, set())
+        batch.print_plan(_shown(todo), set())
         return EXIT_OK
     from workbench.core import store
     from workbench.run import pool as batch_pool
-    from workbench.run import recovery
 
     pool = _fork_pool(jobs, todo, dry_run)
     try:
         client = store.connect(activate=False)
-        for run_id in recovery.recover_stale_runs(client):
-            print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
+        _sweep(client, "its runner process is gone")
         skipped = _already_finished(client, todo, resume)
         if dry_run:
-            batch.print_plan(todo, skipped)
+            batch.print_plan(_shown(todo), skipped)
             return EXIT_OK
 
         run_idx = [i for i in range(len(todo)) if i not in skipped]
@@ -127,17 +166,36 @@ def batch_command(
             pool.close()
         raise
     results = dict(zip(run_idx, ran, strict=True))
-    for run_id in recovery.recover_stale_runs(client):  # runs of a worker that died mid-job
-        print(f"marked run {run_id} KILLED: its worker process died", file=sys.stderr)
+    _sweep(client, "its worker process died")  # runs of a worker that died mid-job
     skip = "already FINISHED (--resume)"
     ordered = [
         results.get(i) or runner.JobResult(j, "SKIPPED", reason=skip) for i, j in enumerate(todo)
     ]
-    batch_pool.print_summary(ordered)
+    with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+        batch_pool.print_summary(ordered)
     reports.rebuild_index()
     if startup.is_command_process():
         gc.freeze()  # skip the exit's final walk over every object
+    if (stop := signals.stopping()) is not None:
+        _say_stopped(stop, "batch")
+        return stop.exit_code
     return EXIT_OK if all(r.ok for r in ordered) else EXIT_FAILED
+
+
+def _sweep(client: MlflowClient, why: str) -> None:
+    """Mark KILLED the runs dead runners left RUNNING, and say so (and what it could not)."""
+    from workbench.run import recovery
+
+    notes: list[str] = []
+    for run_id in recovery.recover_stale_runs(client, notes=notes):
+        print(f"marked run {run_id} KILLED: {why}", file=sys.stderr)
+    for note in notes:
+        print(note, file=sys.stderr)
+
+
+def _shown(todo: list[Job]) -> list[Job]:
+    """The jobs as the plan may show them: parameters with secrets masked."""
+    return [dataclasses.replace(j, parameters=redact(j.parameters)) for j in todo]
 
 
 def _fork_pool(jobs: int, todo: list[Job], dry_run: bool) -> Pool | None:

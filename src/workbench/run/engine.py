@@ -15,6 +15,13 @@ MLflow and ``workbench.tracking`` read them at call time, so a notebook that imp
 in its first cell still logs into the runner's run. Kernels for other languages cannot take
 a Python snippet: for them the runner waits for the run before the kernel starts.
 
+Secrets stay out of the saved notebook: papermill injects (and autosaves) the parameters
+with secret names and URL passwords masked (``workbench.core.secrets``), and the kernel
+client swaps in the cell with the real values only on its way to the kernel. The kernel dies
+with the process that started it (``_die_with_parent``), so a runner or batch worker killed
+outright leaves no kernel behind; a signal to the runner interrupts the execution
+(``run.signals``) and papermill shuts the kernel down on the way out.
+
 The HTML twin's exporter is built and its templates compiled on a thread while the notebook
 runs (``warm_exporter``), so writing the twin afterwards costs milliseconds.
 """
@@ -30,8 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from workbench.core import jupyter_compat
+from workbench.run import signals
 
 ENGINE_NAME = "workbench"
+INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell it adds
 _registered = False
 
 
@@ -93,12 +102,30 @@ def _client_class() -> type:
         wb_state: dict[str, Any]
         wb_handoff: Callable[[], Handoff] | None = None
         wb_on_launch: Callable[[], None] | None = None
+        wb_real_injected: str | None = None  # the injected cell with the real values
+        _wb_swap: tuple[str, str] | None = None  # (shown source, real source), once
 
         def start_new_kernel_client(self):
             # The kernel process is launched; it boots on its own core from here.
             if self.wb_on_launch is not None:
                 self.wb_on_launch()
-            return super().start_new_kernel_client()
+            kc = super().start_new_kernel_client()
+            if self.wb_real_injected is not None:
+                _send_real_source(self, kc)
+            return kc
+
+        def execute_cell(self, cell, cell_index, *args, **kwargs):
+            tags = cell.get("metadata", {}).get("tags", [])
+            if self.wb_real_injected is None or INJECTED_TAG not in tags:
+                return super().execute_cell(cell, cell_index, *args, **kwargs)
+            self._wb_swap = (cell.source, self.wb_real_injected)
+            try:
+                out = super().execute_cell(cell, cell_index, *args, **kwargs)
+            finally:
+                swapped, self._wb_swap = self._wb_swap is None, None
+            if not swapped:  # the kernel ran the masked values: its results would be wrong
+                raise HandoffError("the parameters could not be handed to the kernel")
+            return out
 
         def papermill_execute_cells(self):
             # Reached only after the kernel answered kernel_info: it started.
@@ -127,6 +154,47 @@ def _client_class() -> type:
     return _Client
 
 
+def _send_real_source(client: Any, kc: Any) -> None:
+    """Make the kernel client send the injected cell's real source in place of the masked
+    one the notebook shows (only for the cell ``execute_cell`` marked, only once)."""
+    original = kc.execute
+
+    def execute(code, *args, **kwargs):
+        swap = client._wb_swap
+        if swap is not None and code == swap[0]:
+            code, client._wb_swap = swap[1], None
+        return original(code, *args, **kwargs)
+
+    kc.execute = execute
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel killed when the process that starts it dies
+    (Linux ``PR_SET_PDEATHSIG``): a runner or worker killed outright takes its kernel along,
+    which then cannot end the run with MLflow's exit hook either. None elsewhere.
+
+    The death signal follows the *thread* that started the kernel; the runner starts its
+    kernels on the thread that waits for them, so it outlives them.
+    """
+    import os
+    import sys
+
+    if sys.platform != "linux":
+        return None
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return preexec
+
+
 def _engine_class(client_class: type) -> type:
     """papermill's nbclient engine, starting the kernel with the job's ``env`` and ``cwd``
     (and its stdout/stderr in ``kernel_log``) through ``client_class``."""
@@ -149,6 +217,7 @@ def _engine_class(client_class: type) -> type:
             wb_state=None,
             wb_handoff=None,
             wb_on_launch=None,
+            wb_real_injected=None,
             kernel_log=None,
             **kwargs,
         ):
@@ -167,10 +236,12 @@ def _engine_class(client_class: type) -> type:
             )
             client.wb_state = wb_state if wb_state is not None else {}
             client.wb_handoff, client.wb_on_launch = wb_handoff, wb_on_launch
+            client.wb_real_injected = wb_real_injected
+            launch = {"env": kernel_env, "cwd": kernel_cwd, "preexec_fn": _die_with_parent()}
             if kernel_log is None:
-                return client.execute(env=kernel_env, cwd=kernel_cwd)
+                return client.execute(**launch)
             with open(kernel_log, "ab") as log:  # the kernel's own stdout/stderr, not cell output
-                return client.execute(env=kernel_env, cwd=kernel_cwd, stdout=log, stderr=log)
+                return client.execute(**launch, stdout=log, stderr=log)
 
     return _Engine
 
@@ -190,9 +261,11 @@ def run_papermill(
     """Execute ``nb`` into ``out``; return (status, reason): FINISHED, FAILED or KILLED.
 
     ``state["started"]`` tells whether the kernel became ready; ``state["interrupted"]``
-    is set on Ctrl-C (status KILLED) so the caller can finish the run and then stop;
+    holds the KeyboardInterrupt (Ctrl-C, or ``signals.Terminated`` for SIGTERM/SIGHUP) that
+    stopped it (status KILLED), so the caller can finish the run and then stop;
     ``state["handoff_failed"]`` when ``handoff`` raised (no cell ran; the kernel is shut
-    down). ``on_launch`` is called once the kernel process is launched.
+    down). ``on_launch`` is called once the kernel process is launched. The saved notebook
+    shows the parameters with secrets masked; the kernel gets the real values.
     """
     import copy
 
@@ -205,28 +278,53 @@ def run_papermill(
         env = {**env, **given.env}
         _set_header(nb.cells, given)
         handoff = None
+    shown, real_source = _masked_parameters(nb, parameters)
     try:
-        papermill.execute_notebook(
-            copy.deepcopy(nb),
-            str(out),
-            parameters=parameters or None,
-            engine_name=ENGINE_NAME,
-            progress_bar=False,
-            log_output=False,
-            execution_timeout=timeout,
-            kernel_env=env,
-            kernel_cwd=cwd,
-            wb_state=state,
-            wb_handoff=handoff,
-            wb_on_launch=on_launch,
-            kernel_log=str(kernel_log) if kernel_log else None,
-        )
-        return "FINISHED", ""
-    except KeyboardInterrupt:
-        state["interrupted"] = True
-        return "KILLED", "interrupted (Ctrl-C)"
+        with signals.interruptible():
+            papermill.execute_notebook(
+                copy.deepcopy(nb),
+                str(out),
+                parameters=shown or None,
+                engine_name=ENGINE_NAME,
+                progress_bar=False,
+                log_output=False,
+                execution_timeout=timeout,
+                kernel_env=env,
+                kernel_cwd=cwd,
+                wb_state=state,
+                wb_handoff=handoff,
+                wb_on_launch=on_launch,
+                wb_real_injected=real_source,
+                kernel_log=str(kernel_log) if kernel_log else None,
+            )
+        verdict = ("FINISHED", "")
+    except KeyboardInterrupt as exc:
+        state["interrupted"] = exc
+        return "KILLED", getattr(exc, "reason", "interrupted (Ctrl-C)")
     except Exception as exc:
-        return _failure(exc, timeout, state)
+        verdict = _failure(exc, timeout, state)
+    stop = signals.stopping()
+    if stop is not None:  # a signal came, then something else ended the execution first
+        state["interrupted"] = stop
+        if verdict[0] != "FINISHED":
+            return "KILLED", f"{stop.reason} ({verdict[1]})"
+    return verdict
+
+
+def _masked_parameters(nb, parameters: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The parameters as the saved notebook shows them (secrets masked) and, when that
+    differs from the real values, the injected cell's source with the real ones."""
+    from papermill.engines import papermill_engines
+    from papermill.translators import translate_parameters
+
+    from workbench.core.secrets import redact
+
+    shown = redact(parameters or {})
+    if shown == (parameters or {}):
+        return parameters, None
+    kernel = papermill_engines.nb_kernel_name(ENGINE_NAME, nb, None)
+    language = papermill_engines.nb_language(ENGINE_NAME, nb, None)
+    return shown, translate_parameters(kernel, language, parameters, "Parameters")
 
 
 def _failure(exc: Exception, timeout: float | None, state: dict[str, Any]) -> tuple[str, str]:
@@ -302,17 +400,25 @@ def _to_html(nb) -> str:
     return body
 
 
-def finalize_report(out: Path, html: Path, header: str, header_key: str) -> None:
-    """Put the final header cell first in the executed notebook and write its HTML twin."""
+def finalize_report(out: Path, html: Path, header: str, header_key: str) -> str | None:
+    """Put the final header cell first in the executed notebook and write its HTML twin.
+
+    Returns the problem when the executed notebook could not be read (empty, cut short by
+    a full disk, removed): the report then holds the header alone, and the caller says so.
+    """
     import nbformat
 
+    problem = None
     try:
         nb = nbformat.read(str(out), as_version=4)
-    except Exception:  # empty or partial file: start from a blank notebook
+    except Exception as exc:  # a blank notebook still carries the header and the verdict
+        problem = f"the executed notebook could not be read ({type(exc).__name__}: {exc})"
         nb = nbformat.v4.new_notebook()
+        header += f"  \n**report:** {problem}"
     cells = [c for c in nb.cells if not c.get("metadata", {}).get(header_key)]
     cell = nbformat.v4.new_markdown_cell(header)
     cell.metadata[header_key] = True
     nb.cells = [cell, *cells]
     nbformat.write(nb, str(out))
     html.write_text(_to_html(nb), encoding="utf-8")
+    return problem

@@ -10,7 +10,10 @@ FINISHED, FAILED (a cell raised or outlived ``--timeout``), KILLED (the kernel d
 dead runner left RUNNING are found through their runner tags and marked KILLED.
 
 Parameters are checked against the notebook's ``parameters`` cell before any of that
-(``run.jobs``, ``run.params``); batches live in ``run.batch``.
+(``run.jobs``, ``run.params``); batches live in ``run.batch``. What the runner writes down
+(the parameters tag, the reason, the saved notebook's injected cell) has secrets masked
+(``core.secrets``); the kernel gets the real values. A signal to the command
+(``run.signals``) ends the run KILLED with the reason, after the kernel is gone.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from workbench.core.names import (
     TAG_REPORT_HTML,
     TAG_RUNNER,
 )
+from workbench.core.secrets import redact, scrub, secret_values
 from workbench.run import recovery
 from workbench.run.jobs import (  # noqa: F401 - re-exported: the runner's public names
     Job,
@@ -56,6 +60,7 @@ from workbench.run.jobs import (  # noqa: F401 - re-exported: the runner's publi
 
 HEADER_KEY = "workbench_header"
 KERNEL_START_RETRIES = 2
+PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 
 # ------------------------------------------------------------------ executing
@@ -95,6 +100,9 @@ def kernel_env(job: Job, settings: Settings) -> dict[str, str]:
     does (``run_env``)."""
     drop = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", RUN_ID_ENV, PARAMS_FILE_ENV)
     env = {k: v for k, v in os.environ.items() if k not in drop}
+    # MLflow 3.17 unpickles models by default; a notebook loads them through the workbench's
+    # checks, so the kernel starts with pickle refused unless the user decided otherwise.
+    env.setdefault(PICKLE_ENV, "false")
     env.update(
         {
             NOTEBOOK_ENV: project_relative(Path(job.notebook), settings),
@@ -124,16 +132,19 @@ def execute(
     store: Any = None,
     recover: bool = False,
     rebuild_index: bool = False,
-    on_run: Callable[[], None] | None = None,
+    on_run: Callable[[str], None] | None = None,
 ) -> JobResult:
     """Run one prepared job to its end and return what happened (never raises for a
-    notebook's failure; KeyboardInterrupt ends the run KILLED and propagates).
+    notebook's failure). A KeyboardInterrupt (Ctrl-C, or ``signals.Terminated`` for
+    SIGTERM/SIGHUP under ``signals.handled``) ends the run KILLED with the reason, then
+    propagates carrying the result as its ``result``.
 
     The run is created (by ``store``, a ``run.agent`` store; in-process by default)
     while the kernel starts, and handed to the kernel before its first cell. When the run
     cannot be created the kernel is shut down, no file is left behind and the store's error
     propagates. ``recover`` sweeps runs of dead runners first; ``rebuild_index`` rewrites the
-    report index after the run ended; ``on_run`` is called when the first cell is about to run.
+    report index after the run ended; ``on_run`` is called with the run id when the first
+    cell is about to run.
     """
     import nbformat
 
@@ -153,17 +164,20 @@ def execute(
         _insert_header(nb, job)
         env = kernel_env(job, settings)
         interrupted = _attempts(nb, job, env, out, handoff, begun, result, retries)
-    except KeyboardInterrupt:  # Ctrl-C before papermill took over: the run is KILLED, not FAILED
-        result.status, result.reason = "KILLED", "interrupted (Ctrl-C)"
-        interrupted = KeyboardInterrupt()
+    except KeyboardInterrupt as exc:  # before papermill took over: KILLED, not FAILED
+        result.status, result.reason = "KILLED", getattr(exc, "reason", "interrupted (Ctrl-C)")
+        interrupted = exc
     finally:
         result.duration = time.perf_counter() - t0
         b = _begun_or_clean_up(begun, out)
         result.run_id, job.experiment_id = b.run_id, b.experiment_id
         for run_id in b.recovered:
             print(f"marked run {run_id} KILLED: its runner process is gone", file=sys.stderr)
-        _finish(side, job, result, out, html, rebuild_index)
+        for note in b.notes:
+            print(note, file=sys.stderr)
+        _finish(side, job, result, out, html, rebuild_index, interrupted is not None)
     if interrupted is not None:
+        interrupted.result = result  # type: ignore[attr-defined]
         raise interrupted
     return result
 
@@ -188,7 +202,7 @@ def _run_tags(job: Job, settings: Settings, out: Path, html: Path) -> dict[str, 
         TAG_LABEL: job.label,
         TAG_HASH: job.param_hash,
         TAG_EXPERIMENT: job.experiment,
-        TAG_PARAMS: json.dumps(job.parameters, default=repr)[:5000],
+        TAG_PARAMS: json.dumps(redact(job.parameters), default=repr)[:5000],
         TAG_REPORT: project_relative(out, settings),
         TAG_REPORT_HTML: project_relative(html, settings),
         **recovery.runner_tags(),
@@ -199,7 +213,7 @@ def _run_tags(job: Job, settings: Settings, out: Path, html: Path) -> dict[str, 
 
 
 def _handoff(
-    job: Job, begun: Future, settings: Settings, on_run: Callable[[], None] | None
+    job: Job, begun: Future, settings: Settings, on_run: Callable[[str], None] | None
 ) -> Callable[[], Any]:
     """What the engine calls once the kernel is ready: wait for the run, return its variables
     and the header naming it (``on_run`` is told the first cell is about to run)."""
@@ -210,7 +224,7 @@ def _handoff(
         url = run_url(b.experiment_id, b.run_id, settings)
         header = header_text(job, b.run_id, url, "RUNNING", None)
         if on_run is not None:
-            on_run()
+            on_run(b.run_id)
         return notebook_exec.Handoff(run_env(b.run_id, b.experiment_id), header, HEADER_KEY)
 
     return handoff
@@ -237,7 +251,8 @@ def _attempts(
 ) -> BaseException | None:
     """Execute with papermill into ``result``, retrying only a kernel that never started.
 
-    Returns a KeyboardInterrupt to raise once the run is ended when the user interrupted.
+    Returns the KeyboardInterrupt to raise once the run is ended when a signal (or Ctrl-C)
+    stopped the execution.
     """
     from workbench.run import engine as notebook_exec
 
@@ -252,7 +267,7 @@ def _attempts(
         result.status, result.reason = status, reason
         result.kernel_started = state["started"]
         if state.get("interrupted"):
-            return KeyboardInterrupt()
+            return state["interrupted"]
         if state.get("handoff_failed") or (begun.done() and begun.exception()):
             break  # no run to hand over: retrying the kernel would not help
         if status == "FINISHED" or state["started"] or attempt > retries:
@@ -274,26 +289,29 @@ def _begun_or_clean_up(begun: Future, out: Path) -> Any:
         raise
 
 
-def _finish(side, job: Job, result: JobResult, out: Path, html: Path, rebuild: bool) -> None:
+def _finish(
+    side, job: Job, result: JobResult, out: Path, html: Path, rebuild: bool, stopped: bool
+) -> None:
     """Write the header and HTML twin, then have the store log both and set the final
-    status (the kernel is gone, so MLflow's exit hook in it cannot overrule us)."""
+    status (the kernel is gone, so MLflow's exit hook in it cannot overrule us).
+
+    A report problem never leaves the run RUNNING: it joins the run's reason and stderr.
+    The kernel's own log is kept only when it may explain a failure (not when the run
+    finished, nor when a signal ``stopped`` it: its log then only tells of the shutdown).
+    """
     from workbench.run import agent as run_store
-    from workbench.run import engine as notebook_exec
 
     run_id = result.run_id
-    url = run_url(job.experiment_id, run_id)
-    try:
-        text = header_text(job, run_id, url, result.status, result.duration)
-        if result.reason:
-            text += f"  \n**why:** {result.reason}"
-        notebook_exec.finalize_report(out, html, text, HEADER_KEY)
-    except Exception as exc:  # a report problem must not leave the run RUNNING
-        result.reason = (
-            result.reason + "; " if result.reason else ""
-        ) + f"report not written: {exc}"
+    hidden = secret_values(job.parameters)
+    result.reason = scrub(result.reason, hidden)  # a cell's error may quote a secret value
+    problem = _write_report(job, result, out, html)
+    if problem:
+        problem = scrub(problem, hidden)
+        result.reason = _joined(result.reason, problem)
+        print(f"workbench: run {run_id}: {problem}", file=sys.stderr)
     log = out.with_suffix(".kernel.log")
-    if result.status == "FINISHED" or (log.exists() and not _meaningful(log)):
-        log.unlink(missing_ok=True)  # keep the kernel's own log only when it may explain a failure
+    if result.status == "FINISHED" or stopped or (log.exists() and not _meaningful(log)):
+        log.unlink(missing_ok=True)
     elif log.exists():
         result.reason += f" (kernel log: {project_relative(log)})"
     ending = run_store.Ending(
@@ -303,6 +321,26 @@ def _finish(side, job: Job, result: JobResult, out: Path, html: Path, rebuild: b
     result.reason, result.metrics = ended.reason, ended.metrics
     for note in ended.notes:
         print(note, file=sys.stderr)
+
+
+def _write_report(job: Job, result: JobResult, out: Path, html: Path) -> str | None:
+    """Put the final header on the executed notebook and write the HTML twin; the problem
+    when the notebook could not be read or the report not written."""
+    from workbench.run import engine as notebook_exec
+
+    url = run_url(job.experiment_id, result.run_id)
+    try:
+        text = header_text(job, result.run_id, url, result.status, result.duration)
+        if result.reason:
+            text += f"  \n**why:** {result.reason}"
+        problem = notebook_exec.finalize_report(out, html, text, HEADER_KEY)
+    except Exception as exc:
+        return f"report not written: {type(exc).__name__}: {exc}"
+    return f"report incomplete: {problem}" if problem else None
+
+
+def _joined(reason: str, more: str) -> str:
+    return f"{reason}; {more}" if reason else more
 
 
 def _meaningful(log: Path) -> bool:

@@ -22,8 +22,13 @@ Example::
     with start_server("models:/churn@champion", refresh_interval=5) as server:
         requests.post(server.url + "/invocations", json={"dataframe_split": ...})
 
-The model side (URIs, loading, following an alias) lives in ``serving_model``, the REST app
-and its request parsing in ``serving_app``; every public name is importable from here.
+The model side (URIs, loading, following an alias) lives in ``serve.model``, the REST app
+and its request parsing in ``serve.app``; every public name is importable from here.
+
+A server started by ``start_server`` dies with the process that started it: stopped at its
+exit (Ctrl-C included), and sent SIGTERM by the kernel when that process dies any other way
+(SIGTERM, killed outright; Linux ``PR_SET_PDEATHSIG``). It starts with MLflow's pickle
+loading off unless the caller's environment decided otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from workbench.core.ports import free_port, wait_http
@@ -105,6 +113,46 @@ class ServerProcess:
         self.stop()
 
 
+_spawner: ThreadPoolExecutor | None = None
+_spawner_guard = threading.Lock()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent SIGTERM (uvicorn's clean stop) when the
+    thread that started it ends, and so when this process dies (Linux only; else None)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # this process died before the line above
+            os._exit(1)
+
+    return preexec
+
+
+def _popen_bound(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """``Popen`` for a child that must not outlive this process.
+
+    The death signal follows the *thread* that started the child: off the main thread, the
+    start is handed to one thread that lives as long as this process, so a caller's short
+    thread ending does not take the server with it.
+    """
+    global _spawner
+    kwargs["preexec_fn"] = _die_with_parent()
+    if kwargs["preexec_fn"] is None or threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(cmd, **kwargs)
+    with _spawner_guard:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workbench-spawner")
+    return _spawner.submit(subprocess.Popen, cmd, **kwargs).result()
+
+
 def start_server(
     model_uri: str,
     *,
@@ -128,6 +176,7 @@ def start_server(
         log_path = name
     log_path = Path(log_path)
     env = {
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
         **os.environ,
         "MLFLOW_TRACKING_URI": get_settings().tracking_uri,
         "PYTHONUNBUFFERED": "1",
@@ -145,7 +194,7 @@ def start_server(
     ]
     cmd += ["--refresh-interval", str(refresh_interval)]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
+        proc = _popen_bound(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
         )
     server = ServerProcess(proc, url, log_path)

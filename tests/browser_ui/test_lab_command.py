@@ -34,7 +34,7 @@ def _read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> tuple[r
 def test_lab_starts_both_with_a_token_and_stops_both(tmp_path, monkeypatch):
     import psutil
 
-    from workbench.server.team import free_port
+    from workbench.core.ports import free_port
 
     project = tmp_path / "project"
     (project / "notebooks").mkdir(parents=True)

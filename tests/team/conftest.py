@@ -59,6 +59,15 @@ class TeamServer:
     project: Path
     db: str
     pg: object
+    db_password: str = ""  # in the store URI it was started with (trust auth ignores it)
+
+    @property
+    def store_url(self) -> str:
+        """The store URI it was started with, password included: restart with this one."""
+        url = self.pg.url(self.db)
+        if not self.db_password:
+            return url
+        return url.replace("://postgres@", f"://postgres:{self.db_password}@", 1)
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 240
@@ -92,21 +101,29 @@ def run_cli():
 @pytest.fixture(scope="session")
 def team_server(pg, tmp_path_factory):
     """``workbench server start`` on PostgreSQL (a plain ``postgresql://`` URL, rewritten to
-    psycopg 3 by the workbench); stopped with ``workbench server stop`` at the end."""
-    from workbench.server.team import free_port
+    psycopg 3 by the workbench); stopped with ``workbench server stop`` at the end.
+
+    The URL carries a password, as a real one would (the test cluster's trust authentication
+    ignores it): it must show nowhere, neither in ``ps`` nor in files nor on the terminal."""
+    from workbench.core.ports import free_port
 
     project = tmp_path_factory.mktemp("team-project")
-    db_url = pg.create_database("wb_team")
+    db_password = f"pw-{secrets.token_hex(8)}"
+    pg.create_database("wb_team")
     port = free_port()
+    server = TeamServer(
+        url=f"http://127.0.0.1:{port}", port=port, project=project, db="wb_team", pg=pg,
+        db_password=db_password,
+    )  # fmt: skip
+    db_url = server.store_url
     env = {"WORKBENCH_SERVER_WORKERS": "2"}
     out = run_workbench(
         "server", "start", "--backend-store-uri", db_url, "--port", str(port),
         "--artifacts-destination", str(project / "team-artifacts"), project=project, env=env,
     )  # fmt: skip
     assert out.returncode == 0, f"server start failed:\n{out.stdout}\n{out.stderr}"
-    url = f"http://127.0.0.1:{port}"
-    assert f"export MLFLOW_TRACKING_URI={url}" in out.stdout
-    server = TeamServer(url=url, port=port, project=project, db="wb_team", pg=pg)
+    assert f"export MLFLOW_TRACKING_URI={server.url}" in out.stdout
+    assert db_password not in out.stdout + out.stderr
     yield server
     run_workbench("server", "stop", project=project)
 

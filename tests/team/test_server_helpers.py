@@ -56,12 +56,9 @@ def test_allowed_hosts_are_loopback_plus_what_is_named(monkeypatch):
 
 def test_server_command_proxies_artifacts_and_sets_hosts(monkeypatch):
     monkeypatch.delenv("WORKBENCH_SERVER_WORKERS", raising=False)
-    cmd = server.server_command(
-        "postgresql+psycopg://u@h/db", "/srv/a", "127.0.0.1", 5001, auth=True, workers=2
-    )
+    cmd = server.server_command("127.0.0.1", 5001, auth=True, workers=2)
     assert cmd[1:4] == ["-m", "mlflow", "server"]
     for flag, value in (
-        ("--artifacts-destination", "/srv/a"),
         ("--host", "127.0.0.1"),
         ("--port", "5001"),
         ("--workers", "2"),
@@ -69,18 +66,39 @@ def test_server_command_proxies_artifacts_and_sets_hosts(monkeypatch):
     ):
         assert cmd[cmd.index(flag) + 1] == value
     assert "--serve-artifacts" in cmd and "--allowed-hosts" in cmd
+    # the store and the artifact destination (which may hold passwords) go by environment
+    assert "--backend-store-uri" not in cmd and "--artifacts-destination" not in cmd
+    env = server.store_env("postgresql+psycopg://u:pw@h/db", artifacts_destination="/srv/a")
+    assert env == {
+        "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg://u:pw@h/db",
+        "MLFLOW_ARTIFACTS_DESTINATION": "/srv/a",
+    }
 
 
-def test_auth_config_is_private_and_can_drop_the_password(tmp_path):
+def test_auth_config_is_private_and_holds_no_admin_credentials(tmp_path, monkeypatch):
+    import configparser
+
     folder = tmp_path / "auth"
-    ini = server.write_auth_config(folder, username="admin", password="a-long-password-1")
+    db = "postgresql+psycopg://auth:p%40ss%25w@db/auth"  # URL-encoded: '%' in the value
+    monkeypatch.setenv("WORKBENCH_AUTH_DATABASE_URI", db)
+    ini = server.write_auth_config(folder)
     assert (
         stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(ini.stat().st_mode) == 0o600
     )
-    text = ini.read_text()
-    assert "admin_password = a-long-password-1" in text and "default_permission = READ" in text
-    server.write_auth_config(folder, username="admin", password=None)
-    assert "a-long-password-1" not in ini.read_text()
+    assert "admin_password" not in ini.read_text() and "admin_username" not in ini.read_text()
+    parsed = configparser.ConfigParser()  # as MLflow reads it: interpolation on
+    parsed.read(ini)
+    assert (
+        parsed["mlflow"]["database_uri"] == db and parsed["mlflow"]["default_permission"] == "READ"
+    )
+    monkeypatch.setenv("WORKBENCH_AUTH_DATABASE_URI", "sqlite:///x.db\nadmin_password = injected")
+    with pytest.raises(server.UsageProblem, match="line break"):
+        server.write_auth_config(folder)
+    # the admin's credentials go through the environment, exactly as given
+    assert server.admin_env("admin", " 50% off %(x)s ") == {
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": " 50% off %(x)s ",
+    }
 
 
 def test_admin_password_is_required_and_long_enough(monkeypatch):
@@ -92,6 +110,13 @@ def test_admin_password_is_required_and_long_enough(monkeypatch):
         server.admin_password(prompt=False)
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "long-enough-password")
     assert server.admin_password(prompt=False) == "long-enough-password"
+
+
+def test_loopback_is_this_machine_only():
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert server.is_loopback(host), host
+    for host in ("0.0.0.0", "::", "10.0.0.7", "192.168.1.20", "fe80::1", "example.invalid"):
+        assert not server.is_loopback(host), host
 
 
 def test_ui_on_a_tracking_server_points_at_it(monkeypatch, capsys):

@@ -83,3 +83,49 @@ def test_credentials_work_and_permissions_are_enforced(auth_server, use_server, 
     new = mlflow.MlflowClient().create_run(exp_id)
     mlflow.MlflowClient().set_terminated(new.info.run_id)
     assert mlflow.MlflowClient().get_run(new.info.run_id).info.status == "FINISHED"
+
+
+def test_a_stale_run_sweep_passes_over_another_users_run(auth_server, use_server, experiment_name):
+    """User B's sweep meets user A's stale run (403: B may read it, not change it) and goes
+    on: B's own stale run is marked KILLED, A's is a note and stays as it was."""
+    import socket
+    import subprocess
+
+    from mlflow.server import get_app_client
+
+    from workbench.core import processes
+    from workbench.core.names import TAG_HOST, TAG_PID, TAG_PSTART
+    from workbench.run.recovery import recover_stale_runs
+
+    srv, password = auth_server
+    use_server(srv.url, "admin", password)
+    auth = get_app_client("basic-auth", tracking_uri=srv.url)
+    users = {name: (f"{name}{secrets.token_hex(3)}", secrets.token_urlsafe(16)) for name in "ab"}
+    for user, pw in users.values():
+        auth.create_user(user, pw)
+    dead = subprocess.Popen(["true"])
+    stale_tags = {
+        TAG_HOST: socket.gethostname(),
+        TAG_PID: str(dead.pid),
+        TAG_PSTART: processes.start_ticks(dead.pid),
+    }
+    dead.wait()
+
+    stale = {}
+    for name, (user, pw) in users.items():  # each user's own experiment, with a stale run
+        use_server(srv.url, user, pw)
+        client = mlflow.MlflowClient()
+        exp_id = client.create_experiment(f"{experiment_name}-{name}")
+        stale[name] = client.create_run(exp_id, tags=stale_tags).info.run_id
+
+    use_server(srv.url, *users["b"])
+    client = mlflow.MlflowClient()
+    notes: list[str] = []
+    killed = recover_stale_runs(client, notes)
+    assert stale["b"] in killed and stale["a"] not in killed
+    assert client.get_run(stale["b"]).info.status == "KILLED"
+    assert client.get_run(stale["a"]).info.status == "RUNNING", "B changed nothing of A's"
+    assert any(stale["a"] in n for n in notes), notes
+
+    use_server(srv.url, *users["a"])  # A's own sweep may, and does, end it
+    assert stale["a"] in recover_stale_runs(mlflow.MlflowClient())

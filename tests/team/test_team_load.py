@@ -1,8 +1,6 @@
 """Load and fault tests against the team server: `workbench batch --jobs 4` and
-`workbench search-worker` processes at once, and a server restart in the middle of a batch.
-
-They need the runner (`workbench batch`) and search (`workbench search-worker`) modules and
-skip only when those are missing.
+`workbench search-worker` processes at once, and a server restart in the middle of a batch
+after which every job must still end FINISHED with all its points.
 """
 
 from __future__ import annotations
@@ -22,13 +20,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 WORKBENCH = [sys.executable, "-m", "workbench.cli"]
 KERNELSPEC = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
-
-
-def _need(module: str, attr: str):
-    mod = pytest.importorskip(f"workbench.{module}", reason=f"workbench.{module} is not there yet")
-    if not hasattr(mod, attr):
-        pytest.skip(f"workbench.{module}.{attr} is not there yet")
-    return mod
 
 
 def _notebook(path: Path) -> Path:
@@ -90,9 +81,7 @@ def _env(project: Path, url: str) -> dict[str, str]:
 
 
 def test_batch_and_search_workers_at_once(team_server, use_server, tmp_path):
-    _need("runner", "batch_command")
-    search = _need("search", "worker_command")
-    from workbench import tracking
+    from workbench import search, tracking
 
     url = use_server(team_server.url)
     project = tmp_path / "project"
@@ -173,9 +162,8 @@ def test_batch_and_search_workers_at_once(team_server, use_server, tmp_path):
 
 
 def test_server_restart_in_the_middle_of_a_batch(team_server, use_server, tmp_path):
-    """Stop the server while two jobs log, start it again: every job finishes with all its
-    points, or fails visibly (FAILED run, non-zero exit); no run is left RUNNING."""
-    _need("runner", "batch_command")
+    """Stop the server while two jobs log, start it again: every job ends FINISHED with all
+    its points (the MLflow client retries through the restart), and the batch exits 0."""
     url = use_server(team_server.url)
     project = tmp_path / "project"
     project.mkdir()
@@ -201,7 +189,7 @@ def test_server_restart_in_the_middle_of_a_batch(team_server, use_server, tmp_pa
         assert stop.returncode == 0, stop.stderr
         time.sleep(3)
         start = team_server.cli(
-            "server", "start", "--backend-store-uri", team_server.pg.url(team_server.db), "--port", str(team_server.port),
+            "server", "start", "--backend-store-uri", team_server.store_url, "--port", str(team_server.port),
             "--artifacts-destination", str(team_server.project / "team-artifacts"), env={"WORKBENCH_SERVER_WORKERS": "2"},
         )  # fmt: skip
         assert start.returncode == 0, start.stderr
@@ -214,14 +202,12 @@ def test_server_restart_in_the_middle_of_a_batch(team_server, use_server, tmp_pa
     runs = client.search_runs(
         [client.get_experiment_by_name(experiment).experiment_id], max_results=100
     )
-    statuses = {r.info.run_id: r.info.status for r in runs}
-    assert "RUNNING" not in statuses.values(), statuses
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    for r in finished:  # no silent loss in a run that says it finished
-        assert len(client.get_metric_history(r.info.run_id, "tick")) == ticks
+    statuses = {
+        r.info.run_id: (r.info.status, r.data.tags.get("workbench.status_reason")) for r in runs
+    }
+    assert proc.returncode == 0, f"batch exited {proc.returncode}; runs {statuses}\n{out[-4000:]}"
+    assert len(runs) == jobs, statuses
+    assert all(status == "FINISHED" for status, _ in statuses.values()), statuses
+    for r in runs:  # nothing lost in a run that says it finished
+        assert len(client.get_metric_history(r.info.run_id, "tick")) == ticks, r.info.run_id
         assert "final_loss" in r.data.metrics
-    if proc.returncode == 0:
-        assert len(finished) == jobs, out[-4000:]
-    else:
-        assert proc.returncode == 1, out[-4000:]
-        assert len(finished) < jobs and "FAILED" in out, "a failure is reported, not hidden"

@@ -126,7 +126,7 @@ def test_stop_then_start_again_keeps_the_data(team_server, use_server, experimen
     assert not server.health(team_server.url)
     assert team_server.cli("server", "status").returncode == 1
 
-    db_url = team_server.pg.url(team_server.db)
+    db_url = team_server.store_url
     out = team_server.cli(
         "server", "start", "--backend-store-uri", db_url, "--port", str(team_server.port),
         "--artifacts-destination", str(team_server.project / "team-artifacts"), env={"WORKBENCH_SERVER_WORKERS": "2"},

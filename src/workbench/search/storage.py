@@ -15,6 +15,7 @@ from pathlib import Path
 from workbench.search.trials import close_stale_trial
 
 HEARTBEAT_ENV = "WORKBENCH_SEARCH_HEARTBEAT"  # seconds between RDB heartbeats (default 10)
+STORAGE_ENV = "WORKBENCH_SEARCH_STORAGE"  # the storage URL for workers (kept off command lines)
 
 
 class SearchError(RuntimeError):
@@ -79,11 +80,13 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None):
 
 def redact_url(url: str | None) -> str:
     """The storage URL without its password, fit to log."""
+    from workbench.core.secrets import mask_url
+
     if storage_kind(url) != "rdb":
-        return url or "memory"
+        return mask_url(url or "memory")
     from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return url.split("@")[-1]
+        return url.split("@")[-1]  # unparsable: drop everything that could be a credential

@@ -4,6 +4,10 @@ and ``workbench search-worker``, the command a worker runs.
 
 Kept apart from ``search`` (which creates studies and runs them in one process): this is
 what runs in the other processes.
+
+The storage URL may hold a database password, and command lines are visible to every user
+of the machine (``ps``): workers started here get it through ``$WORKBENCH_SEARCH_STORAGE``,
+never as an argument. ``workbench search-worker --storage URL`` still takes it from a user.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ import time
 from pathlib import Path
 
 from workbench.search.spaces import SearchSpaceError
-from workbench.search.storage import SearchError, open_storage, redact_url, storage_kind
+from workbench.search.storage import (
+    STORAGE_ENV,
+    SearchError,
+    open_storage,
+    redact_url,
+    storage_kind,
+)
 from workbench.search.study import SearchStudy, Settings, bind_study, load_split, make_pruner
 from workbench.search.trials import SETTINGS_ATTR, WORKER_ATTR
 
@@ -66,16 +76,9 @@ def start_workers(
     collects them. Their output goes to ``log_dir/worker-<i>.log`` (default: discarded)."""
     if storage_kind(storage) == "memory":
         raise SearchError("workers need a shared storage: use storage='journal:PATH' or an RDB URL")
-    cmd = [
-        sys.executable,
-        "-m",
-        "workbench.cli",
-        "search-worker",
-        "--study",
-        study_name,
-        "--storage",
-        storage,
-    ]
+    # ``--storage=`` (empty): the URL is in the environment, out of the process list.
+    cmd = [sys.executable, "-m", "workbench.cli", "search-worker", "--study", study_name]
+    cmd += ["--storage="]
     cmd += ["--trials", str(n_trials)] if n_trials else []
     cmd += ["--timeout", str(timeout)] if timeout else []
     procs = []
@@ -86,7 +89,7 @@ def start_workers(
                 cmd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: storage},
             )
         )
     return procs
@@ -107,15 +110,25 @@ def wait_workers(procs: list[subprocess.Popen], timeout: float | None = None) ->
     return codes
 
 
-def worker_command(*, study: str, storage: str, n_trials: int | None, timeout: float | None) -> int:
+def worker_command(
+    *, study: str, storage: str | None, n_trials: int | None, timeout: float | None
+) -> int:
     """``workbench search-worker``: join ``study`` and run trials until ``n_trials`` (this
     worker), ``timeout`` seconds, or the study's planned total. Exit 0 when it ran (or had
-    nothing left to run), 1 when every trial it ran failed, 2 when the study cannot be joined."""
+    nothing left to run), 1 when every trial it ran failed, 2 when the study cannot be joined.
+
+    Without ``storage`` (None or empty) the URL is read from ``$WORKBENCH_SEARCH_STORAGE``."""
     import optuna
 
     from workbench.core.errors import UsageError
     from workbench.tracking.data import DataError
 
+    storage = storage or os.environ.get(STORAGE_ENV, "")
+    if not storage:
+        raise UsageError(
+            f"no study storage: pass --storage URL or set ${STORAGE_ENV} "
+            "(journal:PATH or an RDB URL such as postgresql+psycopg://user@host/db)"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         s = join_study(study, storage)

@@ -3,7 +3,9 @@ a prompt), the check for MLflow's auth extra, the private auth config file and t
 Flask secret key the auth app needs.
 
 Kept apart from ``server`` because it is the part that handles secrets: what is written,
-where, and with which file modes is all here.
+where, and with which file modes is all here. The admin password is kept exactly as typed
+(a ``%`` and leading or trailing spaces included): it reaches ``mlflow server`` through its
+environment, never a config file (configparser would interpolate ``%`` and strip spaces).
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ def require_auth_extra() -> None:
         )
 
 
-def write_auth_config(folder: Path, *, username: str, password: str | None) -> Path:
+def write_auth_config(folder: Path) -> Path:
     """Write MLflow's basic-auth config into a private folder (0700, file 0600).
 
     The auth database is SQLite in the same folder: only the server reads it. Anyone
     authenticated may read every experiment (``default_permission = READ``); writing needs
-    ownership (the creator) or a granted permission.
+    ownership (the creator) or a granted permission. The admin's name and password are not
+    in it: they reach the server through its environment (``admin_env``), exactly as given.
     """
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
@@ -67,15 +70,31 @@ def write_auth_config(folder: Path, *, username: str, password: str | None) -> P
     lines = [
         "[mlflow]",
         "default_permission = READ",
-        f"database_uri = {db}",
-        f"admin_username = {username}",
-        *([f"admin_password = {password}"] if password else []),
+        f"database_uri = {ini_value(db, 'WORKBENCH_AUTH_DATABASE_URI')}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
         "",
     ]
     path = folder / "basic_auth.ini"
     write_private(path, "\n".join(lines))
     return path
+
+
+def ini_value(value: str, what: str) -> str:
+    """``value`` as MLflow's configparser reads it back unchanged: ``%`` doubled (its
+    interpolation), and refused when a line break or edge space would be cut or misread."""
+    if any(c in value for c in "\r\n") or value != value.strip():
+        raise UsageProblem(
+            f"{what} contains a line break or starts or ends with a space, which MLflow's "
+            "config file cannot hold.\nfix: remove them"
+        )
+    return value.replace("%", "%%")
+
+
+def admin_env(username: str, password: str) -> dict[str, str]:
+    """What the server's environment gets so it creates the admin user: the name and the
+    password exactly as given (``%`` and edge spaces included; no config file parses them,
+    and neither is ever written to disk or a command line)."""
+    return {ADMIN_USERNAME_ENV: username, ADMIN_PASSWORD_ENV: password}
 
 
 def flask_secret_key(folder: Path) -> str:

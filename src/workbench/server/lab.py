@@ -1,10 +1,13 @@
 """``workbench lab``: JupyterLab in ``notebooks/`` and the MLflow UI, together, on loopback.
 
 What an instructor runs at the start of a session: one command, two URLs, one Ctrl-C. Both
-servers bind to 127.0.0.1 (``--host`` to change it); Jupyter requires a token, taken from
-``$JUPYTER_TOKEN`` or generated fresh, and passed through the environment so it never shows
-in the process list. Kernels get ``WORKBENCH_UI_URL`` so run links printed in notebooks point
-at this UI. When the configured store is a tracking server, its own UI is used instead.
+servers bind to 127.0.0.1, and only to a loopback address: neither the MLflow UI nor a
+JupyterLab (which runs any code) goes on the network from here. Both die with the command,
+however it ends (Ctrl-C, SIGTERM, SIGHUP, or killed outright: ``server.guard``). Jupyter
+requires a token, taken from ``$JUPYTER_TOKEN`` or generated fresh, and passed through the
+environment so it never shows in the process list. Kernels get ``WORKBENCH_UI_URL`` so run
+links printed in notebooks point at this UI. When the configured store is a tracking server,
+its own UI is used instead.
 """
 
 from __future__ import annotations
@@ -68,15 +71,16 @@ class _Lab:
 
 
 def main(*, port: int = 8888, ui_port: int = 5000, host: str = "127.0.0.1") -> int:
-    """Start both, print both URLs, stop both on Ctrl-C or SIGTERM (or when one exits)."""
+    """Start both, print both URLs, stop both on Ctrl-C, SIGTERM or SIGHUP (or when one
+    exits). A non-loopback ``host`` is refused (exit 2) before anything starts."""
     settings = get_settings()
-    lab = _plan(settings, host, port, ui_port)
-    problem = _port_problem(host, port, ui_port)
+    problem = _host_problem(host) or _port_problem(host, port, ui_port)
     if problem is not None:
         print(f"workbench lab: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    lab = _plan(settings, host, port, ui_port)
     procs: dict[str, subprocess.Popen] = {}
-    with server.terminate_on_sigterm():
+    with server.interrupt_on_signals():
         try:
             _start(lab, settings, procs)
             _announce(lab, settings)
@@ -103,7 +107,7 @@ def _plan(settings: Settings, host: str, port: int, ui_port: int) -> _Lab:
     token = os.environ.get("JUPYTER_TOKEN") or secrets.token_urlsafe(24)
     logs = server.state_dir()
     ui_url = (
-        settings.tracking_uri.rstrip("/")
+        server.mask_uri(settings.tracking_uri.rstrip("/"))
         if settings.is_remote
         else server.client_url(host, ui_port)
     )
@@ -118,6 +122,15 @@ def _plan(settings: Settings, host: str, port: int, ui_port: int) -> _Lab:
         lab_log=logs / f"lab-{port}.log",
         ui_log=logs / f"ui-{ui_port}.log",
     )
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` may not be used (not loopback: the UI has no auth, Jupyter runs code)."""
+    try:
+        server.require_loopback(host, "JupyterLab and the MLflow UI")
+    except server.UsageProblem as exc:
+        return str(exc)
+    return None
 
 
 def _port_problem(host: str, port: int, ui_port: int) -> str | None:

@@ -2,6 +2,10 @@
 
 A plain ``mlflow server`` without an artifact proxy (notebooks write artifacts directly and
 the UI reads them from there). ``workbench lab`` starts the same UI next to JupyterLab.
+
+It has no authentication, so it binds to loopback only (another ``--host`` is refused:
+``uris.require_loopback``); it dies with the command, however that ends (``server.guard``);
+the store's URI reaches it through the environment, never its command line.
 """
 
 from __future__ import annotations
@@ -16,28 +20,43 @@ from pathlib import Path
 from workbench.core.config import get_settings
 from workbench.core.ports import port_free, wait_http
 from workbench.server.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ServerError, UsageProblem
-from workbench.server.process import START_TIMEOUT_S, child_env, log_tail, spawn, stop_group
+from workbench.server.process import (
+    START_TIMEOUT_S,
+    child_env,
+    log_tail,
+    spawn,
+    stop_group,
+    store_env,
+)
 from workbench.server.state import state_dir
-from workbench.server.uris import LOOPBACK, allowed_hosts, client_url, mask_uri, normalize_store_uri
+from workbench.server.uris import (
+    allowed_hosts,
+    client_url,
+    mask_uri,
+    normalize_store_uri,
+    require_loopback,
+)
 
 
 def ui_command(host: str, port: int) -> list[str]:
-    """``mlflow server`` over the configured store, artifacts read where the store keeps them.
+    """``mlflow server`` without an artifact proxy, one worker (the store: ``ui_env``).
 
     No artifact proxy: the embedded store's experiments point at ``file://`` folders that
     notebooks write directly, and the UI reads them from there.
     """
-    settings = get_settings()
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", normalize_store_uri(settings.tracking_uri, settings.project_dir),
-        "--no-serve-artifacts",
+    return [
+        sys.executable, "-m", "mlflow", "server", "--no-serve-artifacts",
         "--host", host, "--port", str(port), "--workers", "1",
         "--allowed-hosts", ",".join(allowed_hosts(host, port)),
     ]  # fmt: skip
-    if settings.artifact_root is not None:
-        cmd += ["--default-artifact-root", settings.artifact_root.as_uri()]
-    return cmd
+
+
+def ui_env() -> dict[str, str]:
+    """The UI's environment: the configured store and artifact root (out of ``ps``)."""
+    settings = get_settings()
+    root = settings.artifact_root.as_uri() if settings.artifact_root is not None else None
+    store = normalize_store_uri(settings.tracking_uri, settings.project_dir)
+    return {**child_env(), **store_env(store, default_artifact_root=root)}
 
 
 def start_ui(host: str, port: int, log: Path) -> subprocess.Popen:
@@ -52,7 +71,7 @@ def start_ui(host: str, port: int, log: Path) -> subprocess.Popen:
         raise UsageProblem(
             f"port {port} on {host} is already in use.\nfix: choose another with --port"
         )
-    return spawn(ui_command(host, port), env=child_env(), log=log, cwd=settings.project_dir)
+    return spawn(ui_command(host, port), env=ui_env(), log=log, cwd=settings.project_dir)
 
 
 def wait_healthy(
@@ -71,27 +90,36 @@ def wait_healthy(
 
 
 @contextlib.contextmanager
-def terminate_on_sigterm():
-    """Turn SIGTERM into KeyboardInterrupt while in the foreground, so cleanup runs."""
+def interrupt_on_signals():
+    """Turn SIGTERM and SIGHUP (a closed terminal) into KeyboardInterrupt while in the
+    foreground, so the same cleanup as Ctrl-C runs (main thread only)."""
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    before = signal.signal(signal.SIGTERM, handler)
+    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, old in before.items():
+            signal.signal(sig, old)
 
 
 def ui(*, host: str = "127.0.0.1", port: int = 5000) -> int:
     """``workbench ui``: the MLflow UI on the configured store until Ctrl-C."""
     settings = get_settings()
     if settings.is_remote:
-        print(f"the configured store is a tracking server: its UI is {settings.tracking_uri}")
+        print(
+            f"the configured store is a tracking server: its UI is {mask_uri(settings.tracking_uri)}"
+        )
         return EXIT_OK
+    try:
+        require_loopback(host, "the MLflow UI")
+    except UsageProblem as exc:
+        print(f"workbench ui: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     log = state_dir() / f"ui-{port}.log"
-    with terminate_on_sigterm():
+    with interrupt_on_signals():
         proc = None
         try:
             proc = start_ui(host, port, log)
@@ -101,8 +129,6 @@ def ui(*, host: str = "127.0.0.1", port: int = 5000) -> int:
                 f"MLflow UI: {url}  (store {mask_uri(settings.tracking_uri)}; Ctrl-C stops it)",
                 flush=True,
             )
-            if host not in LOOPBACK:
-                print(f"  bound to {host}: anyone who reaches this port sees every run", flush=True)
             while proc.poll() is None:
                 time.sleep(0.5)
             print(f"the MLflow UI exited with code {proc.returncode}; log: {log}", file=sys.stderr)

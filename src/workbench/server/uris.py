@@ -1,18 +1,21 @@
 """Store URIs and addresses for the MLflow server: the backend store URI MLflow gets
 (``postgresql://`` rewritten for psycopg 3, SQLite paths made absolute), passwords masked
-for printing, the Host headers it accepts, and the URL clients use.
+for printing, whether an address is loopback (a UI without auth binds nowhere else), the
+Host headers it accepts, and the URL clients use.
 
 Pure functions (no process, no network), so the server's command line is easy to test.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
 from pathlib import Path
 
 from workbench.core.config import get_settings
+from workbench.core.secrets import mask_url
 from workbench.server.errors import UsageProblem
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -30,7 +33,7 @@ def normalize_store_uri(uri: str, base: Path | None = None) -> str:
     uri = uri.strip()
     if uri.startswith(("http://", "https://")):
         raise UsageProblem(
-            f"{uri!r} is a tracking server, not a backend store.\n"
+            f"{mask_uri(uri)!r} is a tracking server, not a backend store.\n"
             "fix: give the database the server should use, e.g. "
             "--backend-store-uri postgresql://USER@HOST:5432/mlflow"
         )
@@ -42,7 +45,39 @@ def normalize_store_uri(uri: str, base: Path | None = None) -> str:
 
 def mask_uri(uri: str) -> str:
     """The URI with any password replaced by ``***`` (for printing and the state file)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", uri)
+    return mask_url(uri)
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is this machine only: ``localhost``, 127.0.0.0/8, ``::1``, or a
+    name all of whose addresses are loopback. ``0.0.0.0``, ``::`` and LAN addresses are not."""
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.split("%")[0]).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = {info[4][0].split("%")[0] for info in socket.getaddrinfo(name, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(ipaddress.ip_address(a).is_loopback for a in found)
+
+
+def require_loopback(host: str, what: str) -> None:
+    """Refuse (UsageProblem, nothing started) to serve ``what`` without authentication on an
+    address other machines can reach."""
+    if is_loopback(host):
+        return
+    raise UsageProblem(
+        f"refusing to serve {what} on {host} without authentication: anyone who reaches "
+        "that address could read, change and delete every run and register models.\n"
+        "fix: keep the default --host 127.0.0.1 (from elsewhere, use an SSH tunnel), or share "
+        "a team server with authentication (`workbench server start --auth --host 0.0.0.0`, "
+        "see docs/team-mode.md), or put a reverse proxy with authentication in front of a "
+        "server bound to 127.0.0.1"
+    )
 
 
 def allowed_hosts(host: str, port: int) -> list[str]:

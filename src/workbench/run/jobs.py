@@ -3,7 +3,10 @@
 ``prepare_job`` reads the notebook's ``parameters`` cell, merges parameter files, typed
 values and command-line strings, checks them (``workbench.notebook_params``), picks the
 experiment and the label, and hashes the parameter set (what ``batch --resume`` compares).
-It starts no kernel and touches no store: a bad parameter costs nothing but a message.
+How the notebook executes (``RunOptions``: kernel, working directory, start timeout, report
+mode, output streaming; papermill's options) is checked too, the kernel resolved to an
+installed one. It starts no kernel and touches no store: a bad parameter or a kernel that is
+not installed costs nothing but a message.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,19 @@ from workbench.core.config import Settings, get_settings
 from workbench.core.errors import UsageError
 from workbench.core.secrets import redact, scrub, secret_values
 from workbench.run import params as nbp
+
+DEFAULT_KERNEL = "python3"  # for a notebook saved without a kernelspec (VS Code writes those)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a notebook executes, with papermill's meanings (``workbench run`` options, batch keys)."""
+
+    kernel: str | None = None  # -k: default the notebook's kernelspec, else python3
+    cwd: str | None = None  # --cwd: the kernel's working directory (default: the notebook's)
+    start_timeout: float = 60.0  # --start-timeout: seconds the kernel may take to start
+    report_mode: bool = False  # --report-mode: input cells hidden in the report
+    log_output: bool = False  # --log-output: cell output streamed to the terminal
 
 
 @dataclass
@@ -34,6 +50,8 @@ class Job:
     params_files: tuple[str, ...] = ()
     experiment_id: str | None = None
     metric: str | None = None  # the batch's key metric, if it names one
+    options: RunOptions = field(default_factory=RunOptions)  # its kernel resolved
+    language: str = "python"  # the kernel's language (parameter syntax, run hand-over)
 
 
 @dataclass
@@ -113,6 +131,7 @@ def prepare_job(
     label: str | None = None,
     label_values: dict[str, Any] | None = None,
     metric: str | None = None,
+    options: RunOptions | None = None,
 ) -> Job:
     """Validate everything about one execution without starting a kernel or touching the
     store; raises UsageError naming the problem."""
@@ -135,6 +154,7 @@ def prepare_job(
         raise UsageError(str(exc)) from exc
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be positive seconds, got {timeout}")
+    options, language = check_options(path, options or RunOptions())
     if not experiment:
         experiment = params.get("experiment_name")
         if not experiment and "experiment_name" in specs:
@@ -154,4 +174,53 @@ def prepare_job(
         timeout=timeout,
         params_files=tuple(str(Path(f).resolve()) for f in params_files),
         metric=metric,
+        options=options,
+        language=language,
     )
+
+
+def check_options(path: Path, options: RunOptions) -> tuple[RunOptions, str]:
+    """``options`` checked, with the kernel resolved and ``cwd`` made absolute; and the
+    kernel's language. Raises UsageError naming the fix."""
+    if options.start_timeout <= 0:
+        raise UsageError(f"--start-timeout must be positive seconds, got {options.start_timeout}")
+    cwd = options.cwd
+    if cwd is not None:
+        folder = Path(cwd).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"--cwd: no such directory: {folder}")
+        cwd = str(folder.resolve())
+    kernel, language = resolve_kernel(path, options.kernel)
+    return replace(options, kernel=kernel, cwd=cwd), language
+
+
+def resolve_kernel(path: Path, requested: str | None) -> tuple[str, str]:
+    """(kernel name, language) for ``path``: ``requested`` (``-k``), else the notebook's
+    kernelspec, else ``python3``, this environment's Python (papermill refuses a notebook
+    without kernelspec). A kernel that is not installed is bad usage: no kernel could start,
+    so nothing would run."""
+    if requested is None:
+        meta = json.loads(path.read_text(encoding="utf-8")).get("metadata") or {}
+        requested = (meta.get("kernelspec") or {}).get("name") or DEFAULT_KERNEL
+    specs = _kernel_specs()
+    if requested not in specs:
+        raise UsageError(
+            f"kernel {requested!r} is not installed, so {path.name} cannot run "
+            f"(installed: {', '.join(sorted(specs)) or 'none'}); pick one with -k/--kernel "
+            "(batch files: kernel:), or install that kernel (`jupyter kernelspec list`)"
+        )
+    return requested, (specs[requested] or "python").lower()
+
+
+_specs: dict[str, str] | None = None
+
+
+def _kernel_specs() -> dict[str, str]:
+    """Installed kernel names and their languages (read once per process)."""
+    global _specs
+    if _specs is None:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        found = KernelSpecManager().get_all_specs()
+        _specs = {name: (d.get("spec") or {}).get("language", "") for name, d in found.items()}
+    return _specs

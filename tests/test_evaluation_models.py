@@ -88,8 +88,9 @@ def test_untrusted_types_are_refused_on_load(tracking_uri, experiment_name, tmp_
     spec = yaml.safe_load(mlmodel.read_text())
     spec["flavors"]["sklearn"]["skops_trusted_types"] = ["os.system"]  # a crafted model
     mlmodel.write_text(yaml.safe_dump(spec))
-    with pytest.raises(models.ModelLoggingError, match=r"os\.system"):
+    with pytest.raises(models.ModelRefused, match=r"os\.system") as refused:
         models.load_model(str(local))
+    assert "--trust-model" in str(refused.value) and "trust=True" in str(refused.value)
 
 
 def test_compact_copy_predicts_the_same_and_leaves_the_model_alone(fitted):
@@ -228,7 +229,7 @@ def test_staged_probabilities_match_the_models_own(fitted, make):
     X = pipe[:-1].transform(split.X_val)
     expected = np.stack([p[:, 1] for p in pipe[-1].staged_predict_proba(X)])
     np.testing.assert_allclose(
-        evaluation._staged_positive_proba(pipe[-1], X), expected, rtol=1e-12, atol=1e-15
+        evaluation.staged_positive_proba(pipe[-1], X), expected, rtol=1e-12, atol=1e-15
     )
 
 

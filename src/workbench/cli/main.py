@@ -65,7 +65,15 @@ def _cmd_lab(a: argparse.Namespace) -> int:
 def _cmd_serve(a: argparse.Namespace) -> int:
     from workbench import serve as serving
 
-    return serving.serve(a.model_uri, host=a.host, port=a.port, refresh_interval=a.refresh_interval)
+    return serving.serve(
+        a.model_uri,
+        host=a.host,
+        port=a.port,
+        refresh_interval=a.refresh_interval,
+        trust_model=a.trust_model,
+        max_body_mb=a.max_body_mb,
+        max_rows=a.max_rows,
+    )
 
 
 def _cmd_server(a: argparse.Namespace) -> int:
@@ -179,6 +187,26 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         metavar="S",
         help="how often an alias is re-resolved",
+    )
+    s.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="load a model the safe loader refuses (a pickle, a pyfunc PythonModel): it can run "
+        "any code it brings; only for models whose source you trust (logged)",
+    )
+    s.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=16.0,
+        metavar="MB",
+        help="largest request body accepted; larger ones get 413 (default 16)",
+    )
+    s.add_argument(
+        "--max-rows",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="most rows one request may score; more get 413 (default 100000)",
     )
     s.set_defaults(func=_cmd_serve)
 

@@ -25,8 +25,6 @@ Their public names are re-exported here.
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
-import os
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -50,6 +48,11 @@ from workbench.registry.decisions import (
     beats,
     checked_metric,
 )
+from workbench.registry.guard import (  # noqa: F401  (current_user re-exported)
+    champion_guard,
+    check_champion_unchanged,
+    current_user,
+)
 from workbench.registry.versions import (  # noqa: F401  (re-exported: notebooks, tests, serving)
     aliases,
     describe,
@@ -71,26 +74,21 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
-def current_user() -> str:
-    """Who is acting: the login name, else ``$USER``, else ``unknown``."""
-    try:
-        return getpass.getuser()
-    except Exception:  # getpass raises several types when no user is known
-        return os.environ.get("USER") or "unknown"
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def score(name: str, version: str | int, X: pd.DataFrame, y) -> dict[str, float]:
-    """Classification metrics of one version on ``(X, y)``."""
+def score(
+    name: str, version: str | int, X: pd.DataFrame, y, *, trust: bool = False
+) -> dict[str, float]:
+    """Classification metrics of one version on ``(X, y)``; the model is loaded under the
+    safe-loading check (``trust=True`` loads a model it refuses, and is logged)."""
     import numpy as np
 
     from workbench.tracking import models
     from workbench.tracking.evaluation import classification_metrics
 
-    model = models.load_sklearn(f"models:/{name}/{version}")
+    model = models.load_sklearn(f"models:/{name}/{version}", trust=trust)
     if not hasattr(model, "predict_proba"):
         raise RegistryError(
             f"{name} v{version} has no predict_proba: it cannot be scored for promotion"
@@ -110,19 +108,22 @@ def promote(
     override: bool = False,
     reason: str = "",
     raise_on_refusal: bool = True,
+    trust: bool = False,
 ) -> PromotionResult:
     """Make ``version`` (default: the challenger) champion if it beats the champion.
 
     Both are scored on the same ``(X, y)``; the challenger must be better on ``metric`` by at
     least ``margin``. With no champion yet the first promotion is allowed. ``override=True``
     promotes regardless and is recorded. A refusal raises ``PromotionRefused`` (or, with
-    ``raise_on_refusal=False``, returns a result whose ``promoted`` is False).
+    ``raise_on_refusal=False``, returns a result whose ``promoted`` is False). If the champion
+    moved while the versions were scored, ``RegistryError`` says so and nothing changes.
+    ``trust=True`` scores models the safe loader refuses (pickles), and is logged.
     """
     metric = _checked_request(metric, margin, X, y)
     client = store.connect()
     version = _candidate_version(client, name, version)
     previous = _previous_champion(name, version)
-    scores = _score_both(name, version, previous, X, y, override=override)
+    scores = _score_both(name, version, previous, X, y, override=override, trust=trust)
     result = _decide(
         name,
         version,
@@ -140,7 +141,9 @@ def promote(
         if raise_on_refusal:
             raise PromotionRefused(result)
         return result
-    _crown(client, result)
+    with champion_guard():
+        check_champion_unchanged(name, version, previous)
+        _crown(client, result)
     return result
 
 
@@ -180,16 +183,23 @@ def _previous_champion(name: str, version: str) -> str | None:
 
 
 def _score_both(
-    name: str, version: str, previous: str | None, X: pd.DataFrame, y, *, override: bool
+    name: str,
+    version: str,
+    previous: str | None,
+    X: pd.DataFrame,
+    y,
+    *,
+    override: bool,
+    trust: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Scores of the challenger and (when there is one) the champion on the same rows.
 
     A champion that cannot be scored stops the promotion, unless ``override`` replaces it.
     """
-    scores = {"challenger": score(name, version, X, y)}
+    scores = {"challenger": score(name, version, X, y, trust=trust)}
     if previous is not None:
         try:
-            scores["champion"] = score(name, previous, X, y)
+            scores["champion"] = score(name, previous, X, y, trust=trust)
         except Exception as exc:
             if not override:
                 raise RegistryError(
@@ -304,18 +314,19 @@ def _record(
 def rollback(name: str, *, reason: str = "") -> RollbackResult:
     """Move ``champion`` back to the version it replaced (as recorded at promotion)."""
     client = store.connect()
-    current = require_alias(name, CHAMPION)
-    target = current.tags.get(PROMOTION + "previous_champion", "")
-    if not target:
-        raise RegistryError(
-            f"{name} v{current.version} is champion but no earlier champion is recorded for it "
-            "(it was the first, or its alias was set by hand); set the alias explicitly with "
-            f"set_alias({name!r}, 'champion', VERSION)"
-        )
-    by, at = current_user(), _now()
-    why = reason or "rollback"
-    client.get_model_version(name, target)  # fails clearly if it was deleted
-    client.set_registered_model_alias(name, CHAMPION, target)
+    with champion_guard():  # read and move the alias with no other move in between
+        current = require_alias(name, CHAMPION)
+        target = current.tags.get(PROMOTION + "previous_champion", "")
+        if not target:
+            raise RegistryError(
+                f"{name} v{current.version} is champion but no earlier champion is recorded for "
+                "it (it was the first, or its alias was set by hand); set the alias explicitly "
+                f"with set_alias({name!r}, 'champion', VERSION)"
+            )
+        by, at = current_user(), _now()
+        why = reason or "rollback"
+        client.get_model_version(name, target)  # fails clearly if it was deleted
+        client.set_registered_model_alias(name, CHAMPION, target)
     tag(
         name,
         target,

@@ -128,20 +128,25 @@ def aliases(name: str) -> dict[str, str]:
     return {a: str(v) for a, v in store.connect().get_registered_model(name).aliases.items()}
 
 
-def load(name: str, alias: str = CHAMPION):
-    """Load ``models:/<name>@<alias>`` as a pyfunc model (predicts on raw rows)."""
+def load(name: str, alias: str = CHAMPION, *, trust: bool = False):
+    """Load ``models:/<name>@<alias>`` as a pyfunc model (predicts on raw rows).
+
+    A model that could run code when loaded (a pickle, a pyfunc ``PythonModel``, skops types
+    off the allow-list) is refused with ``ModelRefused`` unless ``trust=True`` (logged).
+    """
     from workbench.tracking import models
 
     require_alias(name, alias)
-    return models.load_model(model_uri(name, alias))
+    return models.load_model(model_uri(name, alias), trust=trust)
 
 
-def load_sklearn(name: str, alias: str = CHAMPION):
-    """Load the sklearn pipeline behind ``models:/<name>@<alias>`` (for ``predict_proba``)."""
+def load_sklearn(name: str, alias: str = CHAMPION, *, trust: bool = False):
+    """Load the sklearn pipeline behind ``models:/<name>@<alias>`` (for ``predict_proba``),
+    under the same check as ``load``."""
     from workbench.tracking import models
 
     require_alias(name, alias)
-    return models.load_sklearn(model_uri(name, alias))
+    return models.load_sklearn(model_uri(name, alias), trust=trust)
 
 
 def require_alias(name: str, alias: str) -> ModelVersion:

@@ -26,11 +26,15 @@ class ServingError(RuntimeError):
 
 
 class RequestError(ValueError):
-    """A scoring request the server cannot answer; ``status`` is the HTTP code (4xx)."""
+    """A scoring request the server cannot answer; ``status`` is the HTTP code (4xx).
 
-    def __init__(self, status: int, code: str, message: str):
+    ``message`` goes to the client and says what to change; ``detail`` (the underlying error,
+    when there is one) goes to the server log only.
+    """
+
+    def __init__(self, status: int, code: str, message: str, detail: str | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.detail = status, code, message, detail
 
 
 # ---------------------------------------------------------------- model references
@@ -97,8 +101,11 @@ class LoadedModel:
 
     @property
     def version(self) -> str:
-        """The registry version, else the logged model id, else the URI."""
-        return self.ref.version or getattr(self.pyfunc.metadata, "model_id", None) or self.ref.uri
+        """The registry version, else the logged model id, else the URI; a folder on the
+        server's disk is shown as ``local`` (clients see this, and paths are not theirs)."""
+        uri = self.ref.uri
+        shown = uri if uri.startswith(("models:/", "runs:/")) else "local"
+        return self.ref.version or getattr(self.pyfunc.metadata, "model_id", None) or shown
 
     @property
     def input_columns(self) -> list[str] | None:
@@ -128,7 +135,10 @@ class LoadedModel:
             raise RequestError(422, "SCHEMA_MISMATCH", schema_message(exc.message)) from exc
         except Exception as exc:  # the model itself failed on these rows
             raise RequestError(
-                400, "MODEL_ERROR", f"the model could not score these rows: {exc}"
+                400,
+                "MODEL_ERROR",
+                "the model could not score these rows",
+                detail=f"{type(exc).__name__}: {exc}",
             ) from exc
         out: dict[str, Any] = {"predictions": _jsonable(predictions)}
         clf = self._classifier()
@@ -184,13 +194,17 @@ def _jsonable(values) -> list:
     return np.asarray(values).tolist()
 
 
-def load(model_uri: str) -> LoadedModel:
-    """Load a model for prediction on raw rows; an alias is pinned to its current version."""
+def load(model_uri: str, *, trust: bool = False) -> LoadedModel:
+    """Load a model for prediction on raw rows; an alias is pinned to its current version.
+
+    The safe loader decides (``workbench.models.load_model``): a model that could run code
+    when loaded is refused unless ``trust`` (``--trust-model``), which is logged.
+    """
     from workbench.tracking import models
 
     ref = resolve(parse_model_uri(model_uri))
     try:
-        return LoadedModel(models.load_model(ref.uri), ref)
+        return LoadedModel(models.load_model(ref.uri, trust=trust), ref)
     except Exception as exc:
         raise ServingError(f"cannot load {ref.uri}: {exc}") from exc
 
@@ -201,10 +215,11 @@ def load(model_uri: str) -> LoadedModel:
 class ModelManager:
     """Holds the model being served and keeps it in step with its alias."""
 
-    def __init__(self, model_uri: str, refresh_interval: float = 30.0):
+    def __init__(self, model_uri: str, refresh_interval: float = 30.0, *, trust: bool = False):
         self.ref = parse_model_uri(model_uri)
         self.refresh_interval = max(0.1, float(refresh_interval))
-        self._current = load(model_uri)  # a failure here is fatal: nothing to serve yet
+        self.trust = trust
+        self._current = load(model_uri, trust=trust)  # a failure here is fatal: nothing to serve
         self.last_checked: str | None = None
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -227,7 +242,7 @@ class ModelManager:
             if pinned.version == self._current.ref.version:
                 self.last_error = None
                 return False
-            new = load(pinned.uri)
+            new = load(pinned.uri, trust=self.trust)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             logger.error(

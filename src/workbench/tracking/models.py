@@ -14,8 +14,10 @@ Two facts measured on MLflow 3.17 drive this module:
   (trusted types, serving the input example) get the model in memory instead (skops'
   internals this needs are fenced in ``workbench.core.skops_compat``).
 
-Loading checks the trusted types written in the model against an allow-list of packages
-before it lets MLflow deserialize anything.
+Loading never runs code a model brought: ``load_model`` / ``load_sklearn`` (from
+``workbench.tracking.loading``, re-exported here) download the model once, check that copy's
+``MLmodel`` (skops with exact allow-listed types, or xgboost's native format) and load that same
+copy; anything else is refused unless the caller passes ``trust=True`` (logged).
 
 Example::
 
@@ -27,30 +29,28 @@ Example::
 from __future__ import annotations
 
 import importlib.metadata as md
-import os
 import warnings
 from collections.abc import Iterable
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from workbench.core import skops_compat
+from workbench.tracking.loading import (  # noqa: F401  (re-exported: notebooks, registry, serve)
+    TRUSTED_TYPES,
+    XGBOOST_CLASSES,
+    ModelRefused,
+    check_loadable,
+    check_trusted_types,
+    load_model,
+    load_sklearn,
+    pickle_deserialization,
+    pickle_forbidden,
+)
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
-# Packages whose types we allow inside a skops file we load.
-TRUSTED_PACKAGES = (
-    "sklearn.",
-    "numpy.",
-    "scipy.",
-    "xgboost.",
-    "builtins.",
-    "collections.",
-    "workbench.",
-    "_operator.",
-)
 SIGNATURE_ROWS = 500
 BASE_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
 
@@ -200,58 +200,3 @@ def log_model(
             registered_model_name=registered_model_name,
             tags=tags,
         )
-
-
-@contextmanager
-def _deserialization_allowed():
-    key = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
-    before = os.environ.get(key)
-    os.environ[key] = "true"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-
-
-def check_trusted_types(model_uri: str) -> list[str]:
-    """Read the model's declared skops trusted types and refuse any outside
-    ``TRUSTED_PACKAGES``: the list comes from the model itself, so it must be checked."""
-    from mlflow.models import Model
-
-    try:
-        flavor = Model.load(model_uri).flavors.get("sklearn", {})
-    except Exception as exc:
-        raise ModelLoggingError(f"cannot read the MLmodel file of {model_uri!r}: {exc}") from exc
-    if flavor.get("serialization_format", "skops") != "skops":
-        raise ModelLoggingError(
-            f"{model_uri} is saved as {flavor.get('serialization_format')}, which runs code when "
-            "loaded; load it with mlflow.pyfunc.load_model yourself if you trust its source"
-        )
-    types = list(flavor.get("skops_trusted_types") or [])
-    bad = [t for t in types if not t.startswith(TRUSTED_PACKAGES)]
-    if bad:
-        raise ModelLoggingError(
-            f"{model_uri} asks to trust types outside the allow-list: {', '.join(bad)}"
-        )
-    return types
-
-
-def load_model(model_uri: str):
-    """Load a workbench-logged model as an MLflow pyfunc model (``.predict`` on raw rows)."""
-    import mlflow
-
-    check_trusted_types(model_uri)
-    with _deserialization_allowed():
-        return mlflow.pyfunc.load_model(model_uri)
-
-
-def load_sklearn(model_uri: str):
-    """Load the underlying sklearn pipeline (for ``predict_proba``)."""
-    import mlflow
-
-    check_trusted_types(model_uri)
-    with _deserialization_allowed():
-        return mlflow.sklearn.load_model(model_uri)

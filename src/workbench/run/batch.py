@@ -10,6 +10,10 @@ notebook::
     grid: {learning_rate: [0.05, 0.1]}     # optional: cartesian product
     runs: [{max_depth: 3}, {max_depth: 5}] # optional: a list of parameter sets
     label: gbm                             # optional label prefix; metric: key metric name
+    kernel: python3                        # optional, papermill's meanings like `workbench run`'s
+    cwd: data/                             #   -k, --cwd (beside the batch file, else the project),
+    start_timeout: 120                     #   --start-timeout
+    report_mode: true                      #   --report-mode
 
 Every job is validated before anything runs (exit 2 and nothing written on any problem).
 Documents run one after another (a later notebook may need an earlier one's runs); the jobs
@@ -27,7 +31,7 @@ from typing import Any
 from workbench.core import names, store
 from workbench.core.config import get_settings
 from workbench.core.errors import UsageError
-from workbench.run.jobs import Job, derive_label, prepare_job, project_relative
+from workbench.run.jobs import Job, RunOptions, derive_label, prepare_job, project_relative
 
 KEYS = (
     "notebook",
@@ -39,6 +43,10 @@ KEYS = (
     "label",
     "metric",
     "timeout",
+    "kernel",
+    "cwd",
+    "start_timeout",
+    "report_mode",
 )
 
 
@@ -114,6 +122,23 @@ def _scalars(doc: dict, where: str) -> tuple[str | None, float | None, str | Non
     return doc.get("experiment"), timeout, doc.get("metric"), doc.get("label")
 
 
+def _options(doc: dict, path: Path, where: str) -> RunOptions:
+    """``kernel``, ``cwd``, ``start_timeout`` and ``report_mode`` of a document, type-checked
+    (the values themselves are checked with the job: an installed kernel, a directory)."""
+    for key in ("kernel", "cwd"):
+        value = doc.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{where}: '{key}' must be text, got {type(value).__name__} {value!r}")
+    start = doc.get("start_timeout", 60.0)
+    if isinstance(start, bool) or not isinstance(start, int | float) or start <= 0:
+        raise UsageError(f"{where}: 'start_timeout' must be positive seconds, got {start!r}")
+    report_mode = doc.get("report_mode", False)
+    if not isinstance(report_mode, bool):
+        raise UsageError(f"{where}: 'report_mode' must be true or false, got {report_mode!r}")
+    cwd = str(_find(doc["cwd"], path, "cwd")) if doc.get("cwd") else None
+    return RunOptions(doc.get("kernel"), cwd, float(start), report_mode)
+
+
 def expand(doc: Any, path: Path, index: int, timeout: float | None) -> list[Job]:
     """The jobs of one batch document, each validated against its notebook."""
     where = f"{path} (document {index})"
@@ -125,6 +150,7 @@ def expand(doc: Any, path: Path, index: int, timeout: float | None) -> list[Job]
             f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(KEYS)}"
         )
     experiment, doc_timeout, metric, prefix = _scalars(doc, where)
+    options = _options(doc, path, where)
     notebook = _find(str(doc["notebook"]), path, "notebook")
     files = [
         str(_find(str(f), path, "params_file")) for f in _as_list(doc.get("params_file") or [])
@@ -154,6 +180,7 @@ def expand(doc: Any, path: Path, index: int, timeout: float | None) -> list[Job]
                 label=label,
                 label_values={} if files else None,
                 metric=metric,
+                options=options,
             )
             jobs.append(job)
     return jobs

@@ -3,11 +3,13 @@
 Measured with plain papermill on MLflow 3.17: a timed-out cell leaves the run FINISHED and a
 killed kernel leaves it RUNNING forever. So the runner owns the run: it prepares the
 experiment and creates the run while the kernel starts (``run.agent``), hands the
-run id to the kernel before the first cell (the notebook's ``workbench.tracking.start_run``
-resumes it; ``run.engine``), and sets the final status only after
-the kernel is gone (MLflow's exit hook in the kernel would otherwise have the last word):
-FINISHED, FAILED (a cell raised or outlived ``--timeout``), KILLED (the kernel died). Runs a
-dead runner left RUNNING are found through their runner tags and marked KILLED.
+run id to the kernel before the first cell as ``$MLFLOW_RUN_ID``, MLflow's own convention
+(plain ``mlflow.start_run()`` and ``workbench.tracking.start_run`` resume it; later top-level
+runs become its children: ``tracking.handover``, ``run.engine``), and sets the final status
+only after the kernel is gone (MLflow's exit hook in the kernel, or the notebook's own
+``end_run()``, would otherwise have the last word): FINISHED, FAILED (a cell raised or
+outlived ``--timeout``), KILLED (the kernel died). Runs a dead runner left RUNNING are found
+through their runner tags and marked KILLED.
 
 Parameters are checked against the notebook's ``parameters`` cell before any of that
 (``run.jobs``, ``run.params``); batches live in ``run.batch``. What the runner writes down
@@ -120,9 +122,35 @@ def kernel_env(job: Job, settings: Settings) -> dict[str, str]:
 
 
 def run_env(run_id: str, exp_id: str) -> dict[str, str]:
-    """The run's variables in the kernel: ``workbench.tracking.start_run`` resumes the run,
-    and fluent MLflow calls land in its experiment."""
-    return {RUN_ID_ENV: run_id, "MLFLOW_EXPERIMENT_ID": exp_id}
+    """The run's variables in the kernel: MLflow's own ``$MLFLOW_RUN_ID`` (the first
+    ``mlflow.start_run()`` resumes it, as in MLflow Projects), ours for
+    ``workbench.tracking.start_run``, and the experiment fluent MLflow calls land in."""
+    return {"MLFLOW_RUN_ID": run_id, RUN_ID_ENV: run_id, "MLFLOW_EXPERIMENT_ID": exp_id}
+
+
+def prepare_only(job: Job) -> Path:
+    """papermill's ``--prepare-only``: write the notebook with its parameters injected (secrets
+    masked, like every notebook the runner writes) beside the reports; no kernel, no run."""
+    import logging
+
+    import papermill
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    settings = get_settings()
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = settings.reports_dir / safe_name(job.experiment)
+    out = _reserve(folder, f"{stamp}-{_run_name(job)}-prepared")
+    papermill.execute_notebook(
+        job.notebook,
+        str(out),
+        parameters=redact(job.parameters) or None,
+        prepare_only=True,
+        kernel_name=job.options.kernel,
+        language=job.language,
+        report_mode=job.options.report_mode,
+        progress_bar=False,
+    )
+    return out
 
 
 def execute(

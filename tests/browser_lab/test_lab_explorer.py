@@ -53,7 +53,7 @@ def _get(url: str) -> dict:
 @pytest.fixture
 def lab(tmp_path, tracking_uri):
     """JupyterLab on a copy of notebook 04, with runs logged beforehand."""
-    _log_runs("churn-quick")
+    _log_runs("churn-manual")
     root = tmp_path / "notebooks"
     root.mkdir()
     shutil.copy(ROOT / "notebooks" / "04-compare-runs.ipynb", root)

@@ -126,7 +126,7 @@ def test_demo_batch_file_lists_the_notebooks_in_order():
     root = Path(__file__).resolve().parents[2]
     docs = list(yaml.safe_load_all((root / "params" / "demo.yaml").read_text()))
     stems = [Path(d["notebook"]).stem for d in docs]
-    assert stems == sorted(stems) and stems[0].startswith("01-") and len(stems) == 6
+    assert stems == sorted(stems) and stems[0].startswith("01-") and len(stems) == 7
 
 
 def test_runs_of_a_dead_runner_are_marked_killed(tracking_uri, experiment_name):

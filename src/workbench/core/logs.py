@@ -30,13 +30,25 @@ _CONFIGURE_ENV = "MLFLOW_CONFIGURE_LOGGING"
 _SET_BY_US = "WORKBENCH_SET_MLFLOW_CONFIGURE_LOGGING"
 
 
+class _FolderMakingFileHandler(logging.FileHandler):
+    """A file handler that creates its file (and folder) only when a record comes: a command
+    refused for bad input writes nothing at all."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None:
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        super().emit(record)
+
+
 def route_library_logs(log_file: Path, *, verbose: bool = False) -> Path:
     """Send the libraries' log records to ``log_file`` (and to stderr when ``verbose``)."""
     if _CONFIGURE_ENV not in os.environ:
         os.environ[_CONFIGURE_ENV] = "false"
         os.environ[_SET_BY_US] = "1"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handlers: list[logging.Handler] = [logging.FileHandler(log_file, delay=True)]
+    handlers: list[logging.Handler] = [_FolderMakingFileHandler(log_file)]
     if verbose:
         handlers.append(logging.StreamHandler(sys.stderr))
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")

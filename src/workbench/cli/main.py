@@ -38,7 +38,12 @@ def _cmd_batch(a: argparse.Namespace) -> int:
     from workbench.run import commands
 
     return commands.batch_command(
-        a.paths, jobs=a.jobs, resume=a.resume, dry_run=a.dry_run, timeout=a.timeout
+        a.paths,
+        jobs=a.jobs,
+        resume=a.resume,
+        dry_run=a.dry_run,
+        timeout=a.timeout,
+        cluster=a.cluster,
     )
 
 
@@ -152,6 +157,12 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="skip parameter sets that already FINISHED"
     )
     s.add_argument("--dry-run", action="store_true", help="list the expanded jobs, run nothing")
+    s.add_argument(
+        "--cluster",
+        metavar="tcp://HOST:8786",
+        help="run the jobs on this Dask scheduler's workers (default: $WORKBENCH_CLUSTER or "
+        "`cluster` in [tool.workbench]; `local` runs here); needs a tracking server",
+    )
     _add_timeout(s)
     s.set_defaults(func=_cmd_batch)
 

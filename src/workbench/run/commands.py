@@ -126,12 +126,27 @@ def print_result(r: JobResult, file=None) -> None:
 
 
 def batch_command(
-    paths: list[str], *, jobs: int, resume: bool, dry_run: bool, timeout: float | None
+    paths: list[str],
+    *,
+    jobs: int,
+    resume: bool,
+    dry_run: bool,
+    timeout: float | None,
+    cluster: str | None = None,
 ) -> int:
     """``workbench batch``: plan every job (nothing runs on a bad one), skip what --resume
     finds FINISHED, run the rest ``jobs`` at a time, print the summary. On SIGTERM, SIGHUP
-    or Ctrl-C the jobs running end KILLED, the others do not start (exit 128 + N)."""
+    or Ctrl-C the jobs running end KILLED, the others do not start (exit 128 + N).
+    With a Dask scheduler (``cluster``, or the configured one) the jobs run on its workers
+    (``run.cluster``)."""
+    from workbench.run import cluster as dask_cluster
+
+    address = dask_cluster.resolve_address(cluster)
     with signals.handled():
+        if address:
+            return dask_cluster.batch_command(
+                paths, address, resume=resume, dry_run=dry_run, timeout=timeout
+            )
         return _batch(paths, jobs, resume, dry_run, timeout)
 
 

@@ -23,7 +23,9 @@ def _cmd_doctor(a: argparse.Namespace) -> int:
 
 def _cmd_run(a: argparse.Namespace) -> int:
     from workbench.run import commands
+    from workbench.run.jobs import RunOptions
 
+    options = RunOptions(a.kernel, a.cwd, a.start_timeout, a.report_mode, a.log_output)
     return commands.run_command(
         a.notebook,
         parameters=a.param,
@@ -31,6 +33,10 @@ def _cmd_run(a: argparse.Namespace) -> int:
         experiment=a.experiment,
         timeout=a.timeout,
         label=a.label,
+        parameters_yaml=a.parameters_yaml,
+        parameters_raw=a.parameters_raw,
+        options=options,
+        prepare_only=a.prepare_only,
     )
 
 
@@ -146,7 +152,56 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--label", default=None, help="label for the report file name (default: derived)"
     )
+    _add_papermill_options(s)
     s.set_defaults(func=_cmd_run)
+
+
+def _add_papermill_options(s: argparse.ArgumentParser) -> None:
+    """The options people who run papermill use every day, with papermill's meanings."""
+    s.add_argument(
+        "-y",
+        "--parameters-yaml",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="YAML mapping of parameters, e.g. '{lr: 0.1, depth: 3}' (repeatable)",
+    )
+    s.add_argument(
+        "-r",
+        "--parameters-raw",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter to VALUE as text, unconverted (repeatable)",
+    )
+    s.add_argument(
+        "-k",
+        "--kernel",
+        default=None,
+        metavar="NAME",
+        help="kernel to run it with (default: the notebook's kernelspec, else python3)",
+    )
+    s.add_argument(
+        "--cwd",
+        default=None,
+        metavar="DIR",
+        help="the kernel's working directory (default: the notebook's folder)",
+    )
+    s.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds the kernel may take to start (default 60)",
+    )
+    s.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the notebook with its parameters injected; run nothing, create no run",
+    )
+    s.add_argument("--log-output", action="store_true", help="stream cell output to this terminal")
+    s.add_argument("--report-mode", action="store_true", help="hide input cells in the report")
 
 
 def _add_batch(sub: argparse._SubParsersAction) -> None:

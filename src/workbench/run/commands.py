@@ -5,14 +5,19 @@ Both check every parameter before anything starts (exit 2, nothing written), exe
 and rebuild the report index. Exit codes: 0 all FINISHED, 1 something failed, 128 + the
 signal's number when SIGTERM, SIGHUP or Ctrl-C stopped them (``run.signals``: every run
 is ended KILLED with the reason and every kernel shut down first). What they print has
-secrets masked.
+secrets masked. ``workbench run`` takes papermill's options with papermill's meanings
+(``-k``, ``--cwd``, ``-y``, ``-r``, ``--prepare-only``, ``--log-output``, ``--start-timeout``,
+``--report-mode``); parameters win in papermill's order: ``-f`` files, ``-y`` YAML, ``-p``,
+``-r``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +25,7 @@ from workbench.core.config import get_settings, run_url
 from workbench.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from workbench.core.secrets import redact, scrub, secret_values
 from workbench.run import agent, batch, reports, runner, signals, startup
-from workbench.run.jobs import Job, JobResult, prepare_job
+from workbench.run.jobs import Job, JobResult, RunOptions, prepare_job
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -36,21 +41,28 @@ def run_command(
     experiment: str | None,
     timeout: float | None,
     label: str | None,
+    parameters_yaml: Sequence[str] = (),
+    parameters_raw: Sequence[Sequence[str]] = (),
+    options: RunOptions | None = None,
+    prepare_only: bool = False,
 ) -> int:
     """``workbench run``: validate, execute, report. 0 ok, 1 failed, 128 + N on signal N;
-    UsageError for bad input."""
+    UsageError for bad input. ``prepare_only``: write the parameterized notebook, no kernel,
+    no run."""
+    prepare = functools.partial(
+        prepare_run_job, notebook, parameters, params_files, experiment, timeout, label,
+        parameters_yaml=parameters_yaml, parameters_raw=parameters_raw, options=options,
+    )  # fmt: skip
+    if prepare_only:
+        startup.skip_slow_imports()
+        out = runner.prepare_only(prepare())
+        print(f"prepared: {out}\n  parameters injected; nothing ran, no run was created")
+        return EXIT_OK
     with signals.handled():
-        return _run(notebook, parameters, params_files, experiment, timeout, label)
+        return _run(prepare)
 
 
-def _run(
-    notebook: str,
-    parameters: list[list[str]],
-    params_files: list[str],
-    experiment: str | None,
-    timeout: float | None,
-    label: str | None,
-) -> int:
+def _run(prepare: Callable[[], Job]) -> int:
     import gc
 
     startup.skip_slow_imports()
@@ -61,7 +73,7 @@ def _run(
     gc.disable()  # start-up is imports (papermill, nbconvert): the collector only slows them
     stop: signals.Terminated | None = None
     try:
-        job = prepare_run_job(notebook, parameters, params_files, experiment, timeout, label)
+        job = prepare()
         signals.check()  # a signal meanwhile: stop before any run or kernel exists
         on_run = lambda _run_id: gc.enable()  # noqa: E731
         result = runner.execute(job, store=side, recover=True, rebuild_index=True, on_run=on_run)
@@ -94,19 +106,45 @@ def prepare_run_job(
     experiment: str | None,
     timeout: float | None,
     label: str | None,
+    *,
+    parameters_yaml: Sequence[str] = (),
+    parameters_raw: Sequence[Sequence[str]] = (),
+    options: RunOptions | None = None,
 ) -> Job:
-    texts = [(name, value) for name, value in parameters]
-    label_values = {n: v for n, v in texts} if texts else None
+    """The job ``workbench run`` was asked for. Papermill's order: ``-y`` mappings over the
+    files, ``-p`` (converted to the declared type) over those, ``-r`` (kept as text) last."""
+    raw = {name: value for name, value in parameters_raw}
+    texts = [(name, value) for name, value in parameters if name not in raw]
+    values = {**yaml_parameters(parameters_yaml), **raw}
+    given = {**values, **dict(texts)}
     job = prepare_job(
         notebook,
         texts=texts,
+        values=values,
         params_files=params_files,
         experiment=experiment,
         timeout=timeout,
         label=label,
-        label_values=label_values if texts else ({} if params_files else None),
+        label_values=given if given else ({} if params_files else None),
+        options=options,
     )
     return job
+
+
+def yaml_parameters(texts: Sequence[str]) -> dict:
+    """The mappings given with ``-y`` (papermill's ``--parameters_yaml``), merged in order."""
+    import yaml
+
+    merged: dict = {}
+    for text in texts:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"-y {text!r} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict | None):
+            raise UsageError(f"-y takes a YAML mapping such as '{{alpha: 0.1}}', got {text!r}")
+        merged.update(data or {})
+    return merged
 
 
 def print_result(r: JobResult, file=None) -> None:

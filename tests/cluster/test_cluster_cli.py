@@ -9,7 +9,7 @@ import psutil
 from cluster_servers import NOTEBOOKS, write_batch
 
 from workbench.core import names
-from workbench.run import shipping
+from workbench.run import cluster_runs
 
 PASSWORD = "pw-never-shown-4711"
 
@@ -43,7 +43,7 @@ def test_a_batch_runs_on_the_cluster_like_a_local_batch(
     for run in runs:
         arts = {a.path.rsplit(".", 1)[1] for a in client.list_artifacts(run.info.run_id, "report")}
         assert arts == {"ipynb", "html"}
-        assert run.data.tags[shipping.TAG_WORKER] in ("w1", "w2")
+        assert run.data.tags[cluster_runs.TAG_WORKER] in ("w1", "w2")
     first = [r for r in runs if "tracked" in r.data.tags["mlflow.source.name"]]
     second = [r for r in runs if "plain" in r.data.tags["mlflow.source.name"]]
     assert second[0].info.start_time >= max(r.info.end_time for r in first)  # in order

@@ -16,7 +16,7 @@ from collections import Counter
 from cluster_servers import NOTEBOOKS, write_batch
 
 from workbench.core import names
-from workbench.run import shipping
+from workbench.run import cluster_runs
 
 
 def _runs(experiment: str) -> list:
@@ -34,7 +34,8 @@ def _wait_running(experiment: str, worker: str | None, count: int = 1, timeout: 
         running = [
             r
             for r in _runs(experiment)
-            if r.info.status == "RUNNING" and worker in (None, r.data.tags.get(shipping.TAG_WORKER))
+            if r.info.status == "RUNNING"
+            and worker in (None, r.data.tags.get(cluster_runs.TAG_WORKER))
         ]
         if len(running) >= count:
             return running

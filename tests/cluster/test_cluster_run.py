@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cluster_servers import NOTEBOOKS, write_batch
 
-from workbench.run import batch, cluster, reports, shipping
+from workbench.run import batch, cluster, cluster_runs, reports, shipping
 
 
 def test_run_all_runs_each_job_on_a_worker(project, dask_cluster, experiment_name):
@@ -22,7 +22,7 @@ def test_run_all_runs_each_job_on_a_worker(project, dask_cluster, experiment_nam
     )
     jobs, stages = batch.plan_stages([str(path)], None)
     mlflow_client = mlflow.MlflowClient()
-    cluster.already_finished(mlflow_client, jobs, resume=False)
+    cluster_runs.already_finished(mlflow_client, jobs, resume=False)
     client = cluster.connect(dask_cluster.address)
     try:
         results = cluster.run_all(jobs, client, stages, batch_id="b-run-all")
@@ -35,8 +35,8 @@ def test_run_all_runs_each_job_on_a_worker(project, dask_cluster, experiment_nam
         assert run.info.status == "FINISHED"
         assert run.data.metrics["score"] == r.metrics["score"] == r.job.parameters["lr"] * 3
         tags = run.data.tags
-        assert tags[shipping.TAG_BATCH] == "b-run-all"
-        assert tags[shipping.TAG_WORKER] in ("w1", "w2")
+        assert tags[cluster_runs.TAG_BATCH] == "b-run-all"
+        assert tags[cluster_runs.TAG_WORKER] in ("w1", "w2")
         assert tags["mlflow.source.name"] == shipping.travel_path(r.job.notebook)
         arts = sorted(a.path for a in mlflow_client.list_artifacts(r.run_id, "report"))
         assert [a.rsplit(".", 1)[1] for a in arts] == ["html", "ipynb"]

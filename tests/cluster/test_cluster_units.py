@@ -10,7 +10,7 @@ from cluster_servers import NOTEBOOKS
 
 from workbench.core.config import get_settings
 from workbench.core.errors import UsageError
-from workbench.run import cluster, shipping
+from workbench.run import cluster, cluster_runs, shipping
 from workbench.run.jobs import prepare_job
 
 
@@ -71,7 +71,7 @@ def test_shipped_files_land_in_the_batch_folder_only(tmp_path):
 
 
 def test_report_links_point_at_the_server_without_credentials():
-    url = shipping.report_url("http://bob:pw@mlflow.lan:5000/", "3", "abc", "x-lr=0.1.html")
+    url = cluster_runs.report_url("http://bob:pw@mlflow.lan:5000/", "3", "abc", "x-lr=0.1.html")
     assert url == (
         "http://mlflow.lan:5000/#/experiments/3/runs/abc/artifactPath/report/x-lr%3D0.1.html"
         "?workflowType=machine_learning"

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from workbench.core.config import Settings, get_settings
 from workbench.core.errors import EXIT_FAILED, EXIT_OK, UsageError
 from workbench.core.secrets import mask_url, redact
-from workbench.run import batch, pool, shipping, signals
+from workbench.run import batch, cluster_runs, pool, shipping, signals
 from workbench.run.jobs import Job, JobResult
 
 if TYPE_CHECKING:
@@ -39,10 +39,8 @@ LOCAL = ("", "local", "none")  # `--cluster local` runs on this machine despite 
 CONNECT_TIMEOUT_S = 10.0
 WORKER_WAIT_S = 60.0
 SETTLE_S = 5.0  # a worker without its scheduler stops its jobs within ~2 s (shipping._Watchdog)
-TASK_RETRIES = 1
-UNFINISHED = (
-    "did not finish"  # a task that raised on the worker (setup, not the notebook) runs once more
-)
+TASK_RETRIES = 1  # a task that raised on the worker (setup, not the notebook) runs once more
+UNFINISHED = "did not finish"  # how the reason of a job the lost scheduler took starts
 _ADDRESS = re.compile(r"^(tcp|tls|ws|wss|ucx|inproc)://[^\s/]+$|^[^\s/:]+:\d+$")
 
 
@@ -231,7 +229,7 @@ def batch_command(
         batch.print_plan(_shown(todo), set())
         return EXIT_OK
     mlflow_client = store.connect(activate=False)
-    skipped = already_finished(mlflow_client, todo, resume)
+    skipped = cluster_runs.already_finished(mlflow_client, todo, resume)
     check_artifacts(mlflow_client, {j.experiment_id for j in todo if j.experiment_id})
     if dry_run:
         batch.print_plan(_shown(todo), skipped)
@@ -272,10 +270,12 @@ def _close_batch(
         print(
             f"the Dask scheduler at {address} went away: closing the batch's runs", file=sys.stderr
         )
-    for run_id in close_leftovers(client, exp_ids, batch_id, why, SETTLE_S if lost else 0.0):
+    for run_id in cluster_runs.close_leftovers(
+        client, exp_ids, batch_id, why, SETTLE_S if lost else 0.0
+    ):
         print(f"marked run {run_id} KILLED: {why}", file=sys.stderr)
     if lost:
-        return reconcile(client, jobs, ran, batch_id, why)
+        return cluster_runs.reconcile(client, jobs, ran, batch_id, why)
     return [r for r in ran if r is not None]
 
 
@@ -308,85 +308,6 @@ def _close(client: Client, batch_id: str, forget: bool) -> None:
             client.run(shipping.forget_batch, batch_id)
     with contextlib.suppress(Exception):
         client.close(timeout=5)
-
-
-def already_finished(client: MlflowClient, todo: list[Job], resume: bool) -> set[int]:
-    """Give each job its experiment id (created once, here); with ``resume``, the indexes of
-    jobs whose parameter set already has a FINISHED run."""
-    from workbench.core import store
-
-    skipped: set[int] = set()
-    done: dict[str, set[str]] = {}
-    for i, job in enumerate(todo):
-        job.experiment_id = store.experiment_id(job.experiment)
-        if resume:
-            if job.experiment_id not in done:
-                done[job.experiment_id] = batch.finished_hashes(client, job.experiment_id)
-            if job.param_hash in done[job.experiment_id]:
-                skipped.add(i)
-    return skipped
-
-
-def _batch_runs(
-    client: MlflowClient, exp_ids: set[str], batch_id: str, status: str | None = None
-) -> list:
-    from workbench.core import store
-
-    query = f"tags.`{shipping.TAG_BATCH}` = '{batch_id}'"
-    if status:
-        query += f" and attributes.status = '{status}'"
-    return list(store.iter_runs(client, sorted(exp_ids), query))
-
-
-def close_leftovers(
-    client: MlflowClient, exp_ids: set[str], batch_id: str, why: str, settle: float = 0.0
-) -> list[str]:
-    """Mark KILLED the batch's runs still RUNNING once no task of it runs any more (an attempt
-    whose worker died and that no retry closed); their ids.
-
-    With ``settle``, keep sweeping that many seconds: workers that lost their scheduler stop
-    within seconds, and a kernel still starting meanwhile may resume (re-open) its run.
-    """
-    from workbench.core import names
-
-    killed: dict[str, None] = {}
-    deadline = time.monotonic() + settle
-    while True:
-        for run in _batch_runs(client, exp_ids, batch_id, "RUNNING"):
-            client.set_tag(run.info.run_id, names.TAG_REASON, why)
-            client.set_terminated(run.info.run_id, "KILLED")
-            killed[run.info.run_id] = None
-        if time.monotonic() >= deadline:
-            return list(killed)
-        time.sleep(1.0)
-
-
-def reconcile(
-    client: MlflowClient,
-    jobs: list[Job],
-    results: list[JobResult | None],
-    batch_id: str,
-    why: str,
-) -> list[JobResult]:
-    """After the scheduler went away: a job whose result was lost but whose run FINISHED on
-    the server counts as FINISHED; every other job without a result did not finish (KILLED,
-    with ``why`` and the id of its last run, if it had one)."""
-    exp_ids = {j.experiment_id for j in jobs if j.experiment_id}
-    finished, last = {}, {}
-    for run in sorted(_batch_runs(client, exp_ids, batch_id), key=lambda r: r.info.start_time):
-        index = run.data.tags.get(shipping.TAG_JOB)
-        last[index] = run
-        if run.info.status == "FINISHED":
-            finished[index] = run
-    out = []
-    for i, (job, r) in enumerate(zip(jobs, results, strict=True)):
-        if r is None and (run := finished.get(str(i))) is not None:
-            r = JobResult(job, "FINISHED", run_id=run.info.run_id, metrics=dict(run.data.metrics))
-        elif r is None:
-            run_id = last[str(i)].info.run_id if str(i) in last else None
-            r = JobResult(job, "KILLED", run_id=run_id, reason=why)
-        out.append(r)
-    return out
 
 
 def _say_unfinished(address: str, unfinished: list[JobResult]) -> None:

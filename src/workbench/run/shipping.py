@@ -8,11 +8,10 @@ batch under the worker's local directory, points the process at the server for t
 duration (``_lease``: concurrent jobs of one batch share the same environment, a job of
 another batch waits) and calls ``runner.execute``, exactly as a local batch worker does.
 
-A worker can die mid-job; Dask then runs the task again on another worker. The interrupted
-run is RUNNING on the server and its runner is on another host, so the pid sweep of
-``recovery`` cannot judge it. Every run of a cluster batch carries the batch id and the job's
-index (``TAG_BATCH``, ``TAG_JOB``): the next attempt marks KILLED, with the reason, any run
-of the same job still RUNNING before it creates its own (``ClusterRunStore``).
+A worker can die mid-job; Dask then runs the task again on another worker, whose run store
+(``cluster_runs.ClusterRunStore``) first marks KILLED, with the reason, the run the earlier
+attempt left RUNNING. A worker that closes mid-job (it lost its scheduler) kills its kernels
+(``_Watchdog``), so the runner ends those runs KILLED before the worker exits.
 """
 
 from __future__ import annotations
@@ -24,23 +23,15 @@ import shutil
 import sys
 import tempfile
 import threading
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any
 
 from workbench.core import names
-from workbench.core.config import TRAINING_VIEW, Settings, get_settings
-from workbench.run import agent
+from workbench.core.config import Settings, get_settings
+from workbench.run import cluster_runs
 from workbench.run.jobs import Job, JobResult, project_relative
 
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
-
-TAG_BATCH = "workbench.cluster.batch"  # the id of one `workbench batch --cluster` command
-TAG_JOB = "workbench.cluster.job"  # the job's index in that batch
-TAG_WORKER = "workbench.cluster.worker"  # the Dask worker that ran this attempt
 # What a worker needs to reach the server, sent with each task (values never printed).
 CREDENTIAL_ENV = (
     "MLFLOW_TRACKING_USERNAME",
@@ -261,7 +252,9 @@ def run_shipped(shipment: Shipment) -> Outcome:
     folder = batch_folder(local_dir, shipment.batch_id)
     folder.mkdir(parents=True, exist_ok=True)
     watchdog = _Watchdog()
-    side = ClusterRunStore(shipment, worker, watchdog)
+    side = cluster_runs.ClusterRunStore(
+        shipment.batch_id, shipment.index, worker, lambda: watchdog.closing
+    )
     with _lease.hold(job_env(shipment, folder)), watchdog:
         job = unpack(shipment, folder)
         try:
@@ -278,103 +271,6 @@ def forget_batch(batch_id: str) -> None:
     """Remove this worker's folder of a batch (its reports are artifacts on the server)."""
     _, local_dir = _worker_name()
     shutil.rmtree(batch_folder(local_dir, batch_id), ignore_errors=True)
-
-
-# ------------------------------------------------------------------ the run's store
-
-
-def report_url(tracking_uri: str, experiment_id: str, run_id: str, name: str) -> str:
-    """The report's page in the server's UI (the run's artifact view), without credentials."""
-    parts = urlsplit(tracking_uri.rstrip("/"))
-    base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    run = f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"{run}/artifactPath/report/{quote(name)}?{TRAINING_VIEW}"
-
-
-def close_earlier_attempts(
-    client: MlflowClient, experiment_id: str, batch_id: str, index: int, worker: str
-) -> list[str]:
-    """Mark KILLED the runs an earlier attempt of this job left RUNNING; their ids."""
-    from workbench.core import store
-
-    query = (
-        f"attributes.status = 'RUNNING' and tags.`{TAG_BATCH}` = '{batch_id}' "
-        f"and tags.`{TAG_JOB}` = '{index}'"
-    )
-    killed = []
-    for run in list(store.iter_runs(client, [experiment_id], query)):
-        where = run.data.tags.get(TAG_WORKER, "?")
-        why = f"its Dask worker {where} was lost mid-job; the job was retried on {worker}"
-        client.set_tag(run.info.run_id, names.TAG_REASON, why)
-        client.set_terminated(run.info.run_id, "KILLED")
-        killed.append(run.info.run_id)
-    return killed
-
-
-class ClusterRunStore(agent.LocalRunStore):
-    """The in-process store, plus: cluster tags on the run, earlier attempts closed first,
-    report tags pointing at the artifacts on the server, the kernel log logged on failure."""
-
-    def __init__(self, shipment: Shipment, worker: str, watchdog: _Watchdog | None = None):
-        self.shipment, self.worker, self.watchdog = shipment, worker, watchdog
-        self.notes: list[str] = []
-        self._reports: dict[str, str] = {}
-
-    def begin(self, job: Job, tags: dict[str, str], run_name: str, recover: bool) -> Future:
-        fut: Future = Future()
-
-        def work() -> None:
-            try:
-                fut.set_result(self._begin(job, tags, run_name))
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        threading.Thread(target=work, name="workbench-begin-run", daemon=True).start()
-        return fut
-
-    def _begin(self, job: Job, tags: dict[str, str], run_name: str) -> agent.Begun:
-        from mlflow.entities import RunTag
-
-        from workbench.core import store
-
-        s = self.shipment
-        client = store.connect(activate=False)
-        exp_id = job.experiment_id or store.experiment_id(job.experiment)
-        for run_id in close_earlier_attempts(client, exp_id, s.batch_id, s.index, self.worker):
-            self.notes.append(
-                f"marked run {run_id} KILLED: its worker was lost mid-job "
-                f"(job retried on {self.worker})"
-            )
-        self._reports = {k: tags.pop(k) for k in (names.TAG_REPORT, names.TAG_REPORT_HTML)}
-        tags = {**tags, TAG_BATCH: s.batch_id, TAG_JOB: str(s.index), TAG_WORKER: self.worker}
-        begun = agent.begin_run(replace(job, experiment_id=exp_id), tags, run_name, False)
-        uri = get_settings().tracking_uri
-        links = [
-            RunTag(k, report_url(uri, exp_id, begun.run_id, Path(v).name))
-            for k, v in self._reports.items()
-        ]
-        client.log_batch(begun.run_id, tags=links)
-        return begun
-
-    def end(self, ending: agent.Ending) -> agent.Ended:
-        """End the run KILLED when the worker stopped the job; log the kernel's own log too
-        when the runner kept it (named by its artifact path, not a path on this worker)."""
-        if self.watchdog is not None and self.watchdog.closing:
-            ending.status = "KILLED"
-            ending.reason = (
-                f"its Dask worker {self.worker} shut down mid-job (it lost its scheduler?)"
-            )
-        if ending.artifacts:
-            log = Path(ending.artifacts[0]).with_suffix(".kernel.log")
-            if log.exists():
-                ending.artifacts.append(str(log))
-                ending.reason = ending.reason.replace(
-                    f"(kernel log: {project_relative(log)})", f"(kernel log: report/{log.name})"
-                )
-        return agent.end_run(ending)
-
-    def close(self) -> None:
-        pass
 
 
 def warm_imports() -> None:

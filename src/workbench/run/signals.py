@@ -80,12 +80,19 @@ def _on_signal(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """Take SIGTERM, SIGHUP and SIGINT as above until the block ends (then the previous
-    handlers come back). Only the main thread can: elsewhere nothing changes."""
+    handlers come back). Only the main thread can: elsewhere nothing changes.
+
+    Nested, or in a process forked inside the block (a batch worker), a signal already
+    received still counts: the worker of a stopping batch starts nothing.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
-    _state.installed, _state.signum, _state.raised, _state.depth = True, None, False, 0
+    outer = _state.installed
+    if not outer:
+        _state.signum, _state.raised, _state.depth = None, False, 0
+    _state.installed = True
     for s in SIGNALS:
         signal.signal(s, _on_signal)
     try:
@@ -93,7 +100,7 @@ def handled() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        _state.installed = False
+        _state.installed = outer
 
 
 @contextlib.contextmanager
@@ -112,12 +119,12 @@ def interruptible() -> Iterator[None]:
 
 
 def stopping() -> Terminated | None:
-    """The Terminated a received signal stands for, or None when none came."""
-    return Terminated(_state.signum) if _state.signum is not None else None
+    """The Terminated a signal received under ``handled`` stands for, or None."""
+    return Terminated(_state.signum) if _state.installed and _state.signum is not None else None
 
 
 def check() -> None:
-    """Raise ``Terminated`` when a signal came and was not raised yet."""
-    if _state.signum is not None and not _state.raised:
+    """Raise ``Terminated`` when a signal came under ``handled`` and was not raised yet."""
+    if _state.installed and _state.signum is not None and not _state.raised:
         _state.raised = True
         raise Terminated(_state.signum)

@@ -197,6 +197,23 @@ def test_matplotlib_figures_show_inline(template, tmp_path):
     assert any("image/png" in o.get("data", {}) for o in nb.cells[0].outputs)
 
 
+def test_a_forked_kernel_exits_as_python_does(template, tmp_path):
+    """Its quick exit still joins threads, runs atexit handlers and flushes open files."""
+    nb = _notebook(
+        "import atexit, threading, time\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'atexit.txt')!r}, 'w').write('ran'))\n"
+        "def late():\n"
+        "    time.sleep(1)\n"
+        f"    open({str(tmp_path / 'thread.txt')!r}, 'w').write('joined')\n"
+        "threading.Thread(target=late).start()\n"
+        f"unclosed = open({str(tmp_path / 'unclosed.txt')!r}, 'w')\n"
+        "unclosed.write('flushed')"
+    )
+    assert type(_execute(nb, tmp_path)).__name__ == "ForkProvisioner"
+    for name, text in (("atexit", "ran"), ("thread", "joined"), ("unclosed", "flushed")):
+        assert (tmp_path / f"{name}.txt").read_text() == text
+
+
 # ------------------------------------------------------------------ truthful endings
 
 
@@ -398,3 +415,53 @@ def test_an_owner_killed_outright_takes_its_template_and_kernels(tmp_path):
     finally:
         owner.kill()
         owner.wait()
+
+
+# ------------------------------------------------------------------ through `workbench batch`
+
+
+def test_a_batch_runs_on_forked_kernels_and_ends_truthfully(project, run_cli, experiment_name):
+    """``workbench batch --jobs 2``: the workers fork their kernels from templates, and a
+    cell error, a timeout and a killed kernel end as they do with fresh kernels."""
+    from runner_helpers import NOTEBOOKS, runs_of
+
+    from workbench.core import names
+
+    probe = project / "probe.ipynb"
+    nb = _notebook(
+        "experiment_name: str = 'probe'  # experiment",
+        "import os, sys\nprint('PRELOADED', 'pandas' in sys.modules)\n"
+        "print('PARENT', open(f'/proc/{os.getppid()}/cmdline').read().replace(chr(0), ' '))",
+    )
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, str(probe))
+    docs = [f"notebook: {probe}", f"notebook: {NOTEBOOKS / 'raises.ipynb'}"]
+    docs += [f"notebook: {NOTEBOOKS / 'sleeps.ipynb'}\ntimeout: 20"]
+    docs += [f"notebook: {NOTEBOOKS / 'killself.ipynb'}", f"notebook: {probe}\nlabel: again"]
+    batch = project / "faults.yaml"
+    batch.write_text("\n---\n".join(f"{d}\nexperiment: {experiment_name}" for d in docs) + "\n")
+    res = run_cli("batch", str(batch), "--jobs", "2")
+    assert res.returncode == 1, res.stdout + res.stderr
+    got = {}
+    for run in runs_of(experiment_name):
+        report = nbformat.read(project / run.data.tags[names.TAG_REPORT], as_version=4)
+        name = f"{Path(run.data.tags['mlflow.source.name']).stem}-{run.data.tags[names.TAG_LABEL]}"
+        got[name] = (run.info.status, run.data.tags.get(names.TAG_REASON, ""), report)
+    assert sorted(got) == [
+        "killself-default",
+        "probe-again",
+        "probe-default",
+        "raises-default",
+        "sleeps-default",
+    ]
+    for name in ("probe-default", "probe-again"):
+        status, _, report = got[name]
+        assert status == "FINISHED"
+        text = str(report.cells)
+        assert "PRELOADED True" in text and "workbench.run.template ipykernel_launcher" in text
+    status, why, _ = got["raises-default"]
+    assert status == "FAILED" and "ValueError: boom on purpose" in why
+    status, why, _ = got["sleeps-default"]
+    assert status == "FAILED" and "longer than the timeout of 20 s" in why
+    status, why, _ = got["killself-default"]
+    assert status == "KILLED" and "the kernel died" in why

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.core import jupyter_compat
-from workbench.run import signals
+from workbench.run import kernels, signals
 
 ENGINE_NAME = "workbench"
 INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell it adds
@@ -227,7 +226,8 @@ def _engine_class(client_class: type) -> type:
                 timeout=execution_timeout,
                 startup_timeout=start_timeout,
                 kernel_name=kernel_name,
-                kernel_manager_class=jupyter_compat.fast_exit_kernel_manager(),
+                # forked from the worker's pre-imported template when it has one
+                kernel_manager_class=kernels.kernel_manager_class(nb_man.nb),
                 log=_quiet_logger(),
                 log_output=log_output,
                 stdout_file=stdout_file,

@@ -31,7 +31,7 @@ from typing import Any
 from workbench.core import jupyter_compat, processes
 from workbench.run import provisioner
 from workbench.run.provisioner import TemplateRefused
-from workbench.run.template import OWNER_ENV
+from workbench.run.template import KERNEL_ARG, OWNER_ENV
 
 # How long a fork may wait for the template's answer (its first imports included).
 FORK_TIMEOUT_S = 120.0
@@ -42,7 +42,7 @@ class Template:
 
     def __init__(self, modules: list[list] | tuple = ()) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench.run.template", *map(json.dumps, modules)],
+            [sys.executable, "-m", "workbench.run.template", KERNEL_ARG, *map(json.dumps, modules)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,

@@ -1,4 +1,5 @@
-"""The template process of forked kernels: ``python -m workbench.run.template [MODULE ...]``.
+"""The template process of forked kernels: ``python -m workbench.run.template ipykernel_launcher
+[MODULE ...]``.
 
 A batch worker starts one (``workbench.run.kernels.Template``). It imports ipykernel first,
 then the modules it is given and the usual heavy ones (mlflow, pandas, numpy, scikit-learn,
@@ -10,7 +11,9 @@ replies ``{"id": n, "pid": p}`` or ``{"id": n, "refused": why}`` (``sync``: once
 done), and ``{"exit": pid, "code": c}``
 each time it reaps a child (its children are its own: it reaps them and reports their exit
 codes, negative for a signal as ``Popen.returncode`` has it). It exits when its stdin closes
-(the owner exited), killing any kernel still running. If the owner dies outright, the kernel
+(the owner exited), killing any kernel still running. Its command line names
+``ipykernel_launcher`` (what its children become): a forked kernel keeps its parent's command
+line, so ``ps``/``pgrep -f ipykernel`` find forked kernels as they find fresh ones. If the owner dies outright, the kernel
 sends the template SIGKILL and then each forked kernel SIGKILL (Linux ``PR_SET_PDEATHSIG``,
 set in the template for its owner and in each child for the template): a batch worker killed
 outright leaves no template and no kernel behind, as with a kernel it started itself.
@@ -94,6 +97,7 @@ BASE_MODULES = (
 )
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 OWNER_ENV = "WORKBENCH_TEMPLATE_OWNER"  # the pid the template dies with
+KERNEL_ARG = "ipykernel_launcher"  # first argument: what the children become
 # Set in the template only (the child applies the job's own environment).
 TEMPLATE_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
@@ -368,7 +372,33 @@ def become_kernel(req: dict) -> int:
     # ipykernel read JPY_PARENT_PID when the template imported it: name the parent here,
     # so the kernel exits if the template dies (as a fresh kernel does with its launcher).
     IPKernelApp.launch_instance(argv=list(req["argv"]), parent_handle=os.getppid())
+    _exit_quickly(0)
     return 0
+
+
+def _exit_quickly(code: int) -> None:
+    """Python's exit steps, then ``os._exit``: without the module teardown that follows them.
+
+    A forked kernel shares the template's pages; tearing its modules down writes to every
+    object they hold, which copies each shared page first (0.25 s a kernel, measured). The
+    steps that matter run as in any exit: non-daemon threads are joined and ``atexit``
+    handlers run (IPython saves its history and clears the user's namespace, MLflow flushes),
+    then the standard streams are flushed. Uses CPython's own ``threading._shutdown`` and
+    ``atexit._run_exitfuncs``; without them the usual exit follows.
+    """
+    import atexit
+    import threading
+
+    join_threads = getattr(threading, "_shutdown", None)
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if join_threads is None or run_exit_handlers is None:
+        return
+    join_threads()
+    run_exit_handlers()
+    for stream in (sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _blas_threads(env: dict[str, str]) -> None:
@@ -439,7 +469,7 @@ def main(argv: list[str]) -> int:
     if sys.path and os.path.realpath(sys.path[0] or ".") == os.path.realpath(os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher does: nothing from the template's directory
     gc.disable()  # imports only: the collector would just slow them down
-    modules = [json.loads(a) for a in argv]
+    modules = [json.loads(a) for a in argv if a != KERNEL_ARG]
     server = Server(modules)
     try:
         req = server.serve()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.core import mlflow_compat
-from workbench.run import agent, runner, signals, startup
+from workbench.run import agent, kernels, runner, signals, startup
 from workbench.run.jobs import Job, JobResult
 
 STOP_GRACE_S = 90.0  # for a signalled worker to shut its kernel down and end its run
@@ -78,6 +78,7 @@ def worker_main(conn: Any) -> None:
             result = work(job, on_run=lambda run_id, i=i: _tell(conn, ("run", i, run_id)))
             if not _tell(conn, ("done", i, result)):
                 break
+    kernels.close_template()
     conn.close()
 
 
@@ -97,6 +98,9 @@ def _worker_init() -> None:
     startup.skip_slow_imports()
     _forget_inherited_connections()
     logging.getLogger("papermill").setLevel(logging.ERROR)
+    # The template this worker forks its kernels from (run.kernels): it imports while the
+    # parent opens the store, and dies with this worker.
+    kernels.start_template()
 
 
 def _forget_inherited_connections() -> None:

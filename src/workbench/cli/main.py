@@ -295,7 +295,13 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
 def _add_search_worker(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search-worker", help="join an Optuna study as one more worker")
     s.add_argument("--study", required=True)
-    s.add_argument("--storage", required=True, metavar="URL")
+    s.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="journal:PATH or an RDB URL (default: $WORKBENCH_SEARCH_STORAGE, which keeps a "
+        "password out of the process list)",
+    )
     s.add_argument("--trials", type=int, default=None, metavar="N")
     s.add_argument("--timeout", type=float, default=None, metavar="S")
     s.set_defaults(func=_cmd_search_worker)

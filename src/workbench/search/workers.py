@@ -76,9 +76,8 @@ def start_workers(
     collects them. Their output goes to ``log_dir/worker-<i>.log`` (default: discarded)."""
     if storage_kind(storage) == "memory":
         raise SearchError("workers need a shared storage: use storage='journal:PATH' or an RDB URL")
-    # ``--storage=`` (empty): the URL is in the environment, out of the process list.
+    # No --storage: the URL is in the environment ($WORKBENCH_SEARCH_STORAGE), out of ps.
     cmd = [sys.executable, "-m", "workbench.cli", "search-worker", "--study", study_name]
-    cmd += ["--storage="]
     cmd += ["--trials", str(n_trials)] if n_trials else []
     cmd += ["--timeout", str(timeout)] if timeout else []
     procs = []

@@ -17,7 +17,13 @@ run start of the execution follow one rule:
   ``workbench.tracking.start_run`` calls, counts as that first one too;
 - ``start_run(nested=True)`` under an active run makes a child of it, as MLflow does;
 - every later top-level ``start_run()`` makes a child of the execution's run (tag
-  ``mlflow.parentRunId``), so nothing is orphaned and params of a loop don't collide;
+  ``mlflow.parentRunId``, in the execution's experiment), so nothing is orphaned and params
+  of a loop don't collide;
+- ``workbench.tracking.start_run`` asks ``resumable`` first: once an earlier top-level run
+  took the execution's run and ended it (a notebook that logs a run by hand, then with the
+  helper), the helper's run is a later top-level run like any other, a child the notebook
+  owns and ends (FINISHED, or FAILED when a cell raises), instead of reopening the by-hand
+  run and mixing both into one; a plain ``start_run(run_id=<that id>)`` still reopens it;
 - every run made here carries the execution's report tags and notebook source, so each one
   links to the report;
 - when the notebook chose another experiment (``mlflow.set_experiment`` or an explicit
@@ -108,6 +114,19 @@ _execution: Execution | None = None
 def current() -> Execution | None:
     """The execution installed in this process, if any."""
     return _execution
+
+
+def resumable(run_id: str) -> bool:
+    """Whether ``workbench.tracking.start_run`` should resume ``run_id`` (``$WORKBENCH_RUN_ID``):
+    True unless it is this execution's run, an earlier top-level run took it, and it is not
+    the active run any more. Then the helper starts a run of its own (a child, by the rule)."""
+    ex = _execution
+    if ex is None or ex.run_id != run_id or not ex.taken:
+        return True
+    import mlflow
+
+    active = mlflow.active_run()
+    return active is not None and active.info.run_id == run_id
 
 
 def install(run_id: str | None = None, experiment_id: str | None = None) -> bool:
@@ -237,6 +256,8 @@ def _child(ex: Execution, original, call, top_level: bool):
     given = call.arguments
     if top_level and not given.get("parent_run_id"):
         given["parent_run_id"] = ex.run_id
+        if ex.experiment_id is not None:  # beside its parent, whatever the caller named
+            given["experiment_id"] = ex.experiment_id
     given["tags"] = {**ex.links(), **(given.get("tags") or {})}
     if ex.taken:
         return original(*call.args, **call.kwargs)

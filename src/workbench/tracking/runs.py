@@ -223,11 +223,15 @@ def start_run(
 ) -> RunHandle:
     """Start (or resume) the run of this notebook execution and tag it.
 
-    Resumes ``$WORKBENCH_RUN_ID`` when the workbench runner set it; otherwise starts a new
-    run in ``experiment``. Use it as a context manager, or call ``.end()`` in the last
+    Resumes ``$WORKBENCH_RUN_ID`` when the workbench runner set it, unless an earlier
+    top-level run of the notebook took that run and ended it: then, as any later top-level
+    run there, it starts a child of it that we own (``tracking.handover``). Otherwise starts
+    a new run in ``experiment``. Use it as a context manager, or call ``.end()`` in the last
     cell; in IPython a cell that raises ends a run we own as FAILED.
     """
     import mlflow
+
+    from workbench.tracking import handover
 
     global _current
     store.connect()
@@ -235,7 +239,7 @@ def start_run(
     all_tags = {**standard_tags(dataset), "workbench.algorithm": algorithm, **(tags or {})}
     runner_run = os.environ.get(RUN_ID_ENV)
     active = mlflow.active_run()
-    if runner_run:
+    if runner_run and handover.resumable(runner_run):
         if active is None or active.info.run_id != runner_run:
             mlflow.start_run(run_id=runner_run)
         # The runner named the run after the notebook; the convention name is more useful.

@@ -157,6 +157,19 @@ def compact(model):
     return strip(model)
 
 
+def _own_model_loadable():
+    """``pickle_deserialization(True)`` when this process refuses pickles, else nothing (so a
+    caller already inside it is not blocked on its lock)."""
+    import contextlib
+    import os
+
+    from workbench.tracking.loading import PICKLE_ENV
+
+    if os.environ.get(PICKLE_ENV, "").strip().lower() in ("false", "0"):
+        return pickle_deserialization(True)
+    return contextlib.nullcontext()
+
+
 def log_model(
     model,
     input_example: pd.DataFrame,
@@ -188,7 +201,10 @@ def log_model(
     lean = compact(model)
     payload, schema = skops_archive(lean)
     trusted = skops_compat.untrusted_types(payload, schema)
-    with skops_compat.serialize_once(lean, payload, trusted):
+    # MLflow loads what it saved back to check it; a process that refuses pickles (a
+    # `workbench run` kernel) would refuse that too and skip the serving check with a warning.
+    # Those loads get the model in memory (serialize_once): nothing foreign is read.
+    with skops_compat.serialize_once(lean, payload, trusted), _own_model_loadable():
         return mlflow.sklearn.log_model(
             lean,
             name=name,

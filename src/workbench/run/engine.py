@@ -10,7 +10,8 @@ the runner can tell "the kernel never started" (retry) from "the notebook failed
 The run's id is not in that environment: the runner creates the run while the kernel starts
 (see ``workbench.run_store``). Once the kernel is ready and before the first cell, the client
 calls the runner's ``handoff``, which waits for the run and returns the per-run variables;
-a silent execution (no cell, no output, no history) puts them in the kernel's ``os.environ``.
+a silent execution (no cell, no output, no history) puts them in the kernel's ``os.environ``
+and installs ``tracking.handover``, so plain ``mlflow.start_run()`` resumes the run too.
 MLflow and ``workbench.tracking`` read them at call time, so a notebook that imports either
 in its first cell still logs into the runner's run. Kernels for other languages cannot take
 a Python snippet: for them the runner waits for the run before the kernel starts.
@@ -29,6 +30,7 @@ runs (``warm_exporter``), so writing the twin afterwards costs milliseconds.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.run import kernels, signals
+from workbench.run.jobs import DEFAULT_KERNEL, RunOptions
 
 ENGINE_NAME = "workbench"
 INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell it adds
@@ -59,7 +62,11 @@ class HandoffError(RuntimeError):
 
 
 def _env_snippet(env: dict[str, str]) -> str:
-    return f"import os as _wb_os\n_wb_os.environ.update({env!r})\ndel _wb_os\n"
+    """The run's variables into the kernel's ``os.environ``, and the hand-over hook that makes
+    plain ``mlflow.start_run()`` resume the run (``tracking.handover``)."""
+    from workbench.tracking import handover
+
+    return handover.snippet(env)
 
 
 def _quiet_logger() -> logging.Logger:
@@ -103,6 +110,19 @@ def _client_class() -> type:
         wb_on_launch: Callable[[], None] | None = None
         wb_real_injected: str | None = None  # the injected cell with the real values
         _wb_swap: tuple[str, str] | None = None  # (shown source, real source), once
+
+        def log_output_message(self, output) -> None:
+            # --log-output: cell output on this terminal as it comes (papermill's meaning),
+            # stdout to stdout and stderr to stderr; not through the quiet logger
+            if not self.log_output:
+                return
+            if output.output_type == "stream":
+                stream = sys.stderr if output.name == "stderr" else sys.stdout
+                stream.write("".join(output.text))
+                stream.flush()
+            elif "text/plain" in output.get("data", {}):
+                sys.stdout.write("".join(output.data["text/plain"]) + "\n")
+                sys.stdout.flush()
 
         def start_new_kernel_client(self):
             # The kernel process is launched; it boots on its own core from here.
@@ -257,8 +277,14 @@ def run_papermill(
     kernel_log: Path | None = None,
     handoff: Callable[[], Handoff] | None = None,
     on_launch: Callable[[], None] | None = None,
+    options: RunOptions | None = None,
+    language: str | None = None,
 ) -> tuple[str, str]:
     """Execute ``nb`` into ``out``; return (status, reason): FINISHED, FAILED or KILLED.
+
+    ``options`` are papermill's (kernel, start timeout, report mode, output streaming; the
+    working directory is ``cwd``); the kernel defaults to the notebook's, else python3, and
+    ``language`` to the notebook's.
 
     ``state["started"]`` tells whether the kernel became ready; ``state["interrupted"]``
     holds the KeyboardInterrupt (Ctrl-C, or ``signals.Terminated`` for SIGTERM/SIGHUP) that
@@ -273,12 +299,15 @@ def run_papermill(
 
     _register_engine()
     logging.getLogger("papermill").setLevel(logging.ERROR)
-    if handoff is not None and _language(nb) != "python":
+    options = options or RunOptions()
+    kernel_name = options.kernel or _kernel_name(nb)
+    language = language or _language(nb)
+    if handoff is not None and language != "python":
         given = handoff()  # no Python snippet for this kernel: the run goes in its start env
         env = {**env, **given.env}
         _set_header(nb.cells, given)
         handoff = None
-    shown, real_source = _masked_parameters(nb, parameters)
+    shown, real_source = _masked_parameters(parameters, kernel_name, language)
     try:
         with signals.interruptible():
             papermill.execute_notebook(
@@ -286,8 +315,12 @@ def run_papermill(
                 str(out),
                 parameters=shown or None,
                 engine_name=ENGINE_NAME,
+                kernel_name=kernel_name,
+                language=language,
                 progress_bar=False,
-                log_output=False,
+                log_output=options.log_output,
+                start_timeout=options.start_timeout,
+                report_mode=options.report_mode,
                 execution_timeout=timeout,
                 kernel_env=env,
                 kernel_cwd=cwd,
@@ -311,10 +344,11 @@ def run_papermill(
     return verdict
 
 
-def _masked_parameters(nb, parameters: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+def _masked_parameters(
+    parameters: dict[str, Any], kernel: str, language: str
+) -> tuple[dict[str, Any], str | None]:
     """The parameters as the saved notebook shows them (secrets masked) and, when that
     differs from the real values, the injected cell's source with the real ones."""
-    from papermill.engines import papermill_engines
     from papermill.translators import translate_parameters
 
     from workbench.core.secrets import redact
@@ -322,8 +356,6 @@ def _masked_parameters(nb, parameters: dict[str, Any]) -> tuple[dict[str, Any], 
     shown = redact(parameters or {})
     if shown == (parameters or {}):
         return parameters, None
-    kernel = papermill_engines.nb_kernel_name(ENGINE_NAME, nb, None)
-    language = papermill_engines.nb_language(ENGINE_NAME, nb, None)
     return shown, translate_parameters(kernel, language, parameters, "Parameters")
 
 
@@ -346,6 +378,11 @@ def _failure(exc: Exception, timeout: float | None, state: dict[str, Any]) -> tu
     if not state.get("started"):
         return "FAILED", f"the kernel never started: {type(exc).__name__}: {exc}"[:1000]
     return "FAILED", f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def _kernel_name(nb) -> str:
+    """The notebook's kernel, else python3 (papermill refuses a notebook without one)."""
+    return nb.get("metadata", {}).get("kernelspec", {}).get("name") or DEFAULT_KERNEL
 
 
 def _language(nb) -> str:
@@ -388,7 +425,7 @@ def warm_exporter() -> Future:
         return _exporter
 
 
-def _to_html(nb) -> str:
+def _to_html(nb, exclude_input: bool = False) -> str:
     try:
         exporter = warm_exporter().result()
     except Exception:  # the warm-up failed: a fresh exporter reports the real problem
@@ -396,12 +433,16 @@ def _to_html(nb) -> str:
 
         exporter = HTMLExporter()
     with _export_lock:  # one exporter, one notebook at a time
+        exporter.exclude_input = exclude_input  # --report-mode: the cells' outputs only
         body, _ = exporter.from_notebook_node(nb)
     return body
 
 
-def finalize_report(out: Path, html: Path, header: str, header_key: str) -> str | None:
-    """Put the final header cell first in the executed notebook and write its HTML twin.
+def finalize_report(
+    out: Path, html: Path, header: str, header_key: str, report_mode: bool = False
+) -> str | None:
+    """Put the final header cell first in the executed notebook and write its HTML twin
+    (input cells left out in ``report_mode``).
 
     Returns the problem when the executed notebook could not be read (empty, cut short by
     a full disk, removed): the report then holds the header alone, and the caller says so.
@@ -420,5 +461,5 @@ def finalize_report(out: Path, html: Path, header: str, header_key: str) -> str 
     cell.metadata[header_key] = True
     nb.cells = [cell, *cells]
     nbformat.write(nb, str(out))
-    html.write_text(_to_html(nb), encoding="utf-8")
+    html.write_text(_to_html(nb, report_mode), encoding="utf-8")
     return problem

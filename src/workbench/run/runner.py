@@ -289,8 +289,10 @@ def _attempts(
         state = {"started": False}
         status, reason = notebook_exec.run_papermill(
             nb, out, job.parameters, env, job.timeout, state,
-            cwd=str(Path(job.notebook).parent), kernel_log=out.with_suffix(".kernel.log"),
+            cwd=job.options.cwd or str(Path(job.notebook).parent),
+            kernel_log=out.with_suffix(".kernel.log"),
             handoff=handoff, on_launch=notebook_exec.warm_exporter,
+            options=job.options, language=job.language,
         )  # fmt: skip
         result.status, result.reason = status, reason
         result.kernel_started = state["started"]
@@ -361,7 +363,9 @@ def _write_report(job: Job, result: JobResult, out: Path, html: Path) -> str | N
         text = header_text(job, result.run_id, url, result.status, result.duration)
         if result.reason:
             text += f"  \n**why:** {result.reason}"
-        problem = notebook_exec.finalize_report(out, html, text, HEADER_KEY)
+        problem = notebook_exec.finalize_report(
+            out, html, text, HEADER_KEY, job.options.report_mode
+        )
     except Exception as exc:
         return f"report not written: {type(exc).__name__}: {exc}"
     return f"report incomplete: {problem}" if problem else None

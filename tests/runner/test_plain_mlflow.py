@@ -188,3 +188,20 @@ def test_mlflow_imported_before_the_hand_over_is_wrapped_at_once(tracking_uri, e
     (child,) = runs.values()
     assert child.data.params == {"i": "1"} and child.data.tags[PARENT] == run_id
     assert child.data.tags[names.TAG_REPORT] == "r.ipynb"
+
+
+def test_a_parallel_batch_of_plain_mlflow_notebooks_makes_one_run_per_job(project, run_cli):
+    """Batch workers fork kernels from a template that imported MLflow before the hand-over;
+    each job's notebook still logs into its own execution's run."""
+    batch = project / "article.yaml"
+    batch.write_text(
+        f"notebook: {NOTEBOOKS / 'plain_mlflow_article.ipynb'}\nexperiment: churn-article\n"
+        "grid: {learning_rate: [0.01, 0.02]}\n"
+    )
+    res = run_cli("batch", str(batch), "--jobs", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = _all_runs()
+    assert sorted(r.data.params["learning_rate"] for r in runs) == ["0.01", "0.02"]
+    for run in runs:
+        assert run.data.tags[names.TAG_RUNNER] == "papermill" and PARENT not in run.data.tags
+        assert run.info.status == "FINISHED" and run.data.metrics == {"val_auc": 0.91}

@@ -1,58 +1,66 @@
 """The template process of forked kernels: ``python -m workbench.run.template ipykernel_launcher
 [MODULE ...]``.
 
-A batch worker starts one (``workbench.run.kernels.Template``). It imports ipykernel first,
-then the modules it is given and the usual heavy ones (mlflow, pandas, numpy, scikit-learn,
-matplotlib), and forks once per job: the child becomes that job's kernel (its own session,
-working directory, environment and connection file; ``IPKernelApp`` as ``ipykernel_launcher``
-would start it) without paying the imports again. It talks to its owner over its stdin and
-stdout, one JSON object a line: requests ``{"op": "fork" | "preload" | "sync", "id": n, ...}``,
-replies ``{"id": n, "pid": p}`` or ``{"id": n, "refused": why}`` (``sync``: once every import is
-done), and ``{"exit": pid, "code": c}``
-each time it reaps a child (its children are its own: it reaps them and reports their exit
-codes, negative for a signal as ``Popen.returncode`` has it). It exits when its stdin closes
-(the owner exited), killing any kernel still running. Its command line names
-``ipykernel_launcher`` (what its children become): a forked kernel keeps its parent's command
-line, so ``ps``/``pgrep -f ipykernel`` find forked kernels as they find fresh ones. If the owner dies outright, the kernel
-sends the template SIGKILL and then each forked kernel SIGKILL (Linux ``PR_SET_PDEATHSIG``,
-set in the template for its owner and in each child for the template): a batch worker killed
-outright leaves no template and no kernel behind, as with a kernel it started itself.
+A batch worker starts one (``workbench.run.kernels.Template``). It imports what a kernel
+imports while it starts (ipykernel, IPython, debugpy), then the modules it is given and the
+usual heavy ones (numpy, pandas, scikit-learn, matplotlib, mlflow and MLflow's SQL store),
+and forks once per job: the child becomes that job's kernel (its own session, working
+directory, environment and connection file; ``IPKernelApp`` as ``ipykernel_launcher`` would
+start it) without paying the imports again. A request that arrives while it still imports is
+served between two imports (after the kernel's own modules and the notebook's).
+
+Protocol: stdin/stdout, one JSON object a line. Requests ``{"op": "fork" | "preload" | "sync",
+"id": n, ...}``; replies ``{"id": n, "pid": p}`` or ``{"id": n, "refused": why}`` (``sync``:
+once every import is done); and ``{"exit": pid, "code": c}`` each time it reaps a child. The
+kernels are its children: it reaps them and reports their exit codes (negative for a signal,
+as ``Popen.returncode``), so their owner learns the truth about a kernel it did not start.
+
+Lifetime: it exits when its stdin closes (the owner exited), killing any kernel left. If the
+owner dies outright, the kernel sends the template SIGKILL and then each forked kernel
+SIGKILL (Linux ``PR_SET_PDEATHSIG``, set in the template for its owner and in each child for
+the template): a batch worker killed outright leaves no template and no kernel behind, as
+with a kernel it started itself. Its command line names ``ipykernel_launcher`` (what its
+children become): a forked kernel keeps its parent's command line, so ``ps`` and
+``pgrep -f ipykernel`` find forked kernels as they find fresh ones.
 
 Why forking is safe here. A process that forks with more than one thread gives its child
 locks that may be held forever and thread pools that no longer exist; a socket or store
 connection would be shared by two processes. So before each fork the template checks that
-it runs one thread, Python and native (``/proc/self/task``), and holds no socket and no file
-besides its pipes; otherwise it refuses, and the job gets a normal kernel start (the
-owner logs why). The libraries it preloads are kept single-threaded until the fork:
+it runs one thread, Python's count and the kernel's (``/proc/self/task``), and holds no
+descriptor besides its own pipes (no socket, no store file); otherwise it refuses, the job
+gets a normal kernel start and the owner logs why. It never calls MLflow, only imports it.
+The libraries it preloads are kept single-threaded until the fork:
 
-- numpy/OpenBLAS: OpenBLAS starts its thread pool when the library loads (measured: importing
-  numpy adds a thread, scipy's own OpenBLAS another). The template sets
+- numpy/OpenBLAS: OpenBLAS starts its thread pool when the library loads (measured here:
+  importing numpy adds a thread, scipy's own OpenBLAS another). The template sets
   ``OPENBLAS_NUM_THREADS=1`` before importing anything, so no BLAS thread exists before the
   fork; in the child, once the job's environment is applied, the BLAS pool is resized to what
   that environment asks (``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``, ``OMP_NUM_THREADS``,
   else the usable cores, OpenBLAS's own default), which starts its threads after the fork.
 - xgboost and scikit-learn/OpenMP: libgomp is not fork-safe once its thread pool started,
-  and it starts it at the first parallel region, not at load. The template never runs model
-  code, so no OpenMP region ran before a fork, and the thread check would catch one that
-  did. ``OMP_NUM_THREADS`` is left alone (libgomp reads it at load; the child must keep the
-  normal default).
+  and it starts that pool at the first parallel region, not at load. The template never runs
+  model code, so no OpenMP region ran before a fork (the thread check would see its threads).
+  ``OMP_NUM_THREADS`` is left alone: libgomp reads it at load, and the child must keep the
+  usual default.
 - pyarrow (imported by pandas) starts a jemalloc background thread at load; the template sets
-  ``JE_ARROW_MALLOC_CONF=background_thread:false`` first (the child then purges jemalloc's
-  memory inline; pyarrow allocates through mimalloc by default anyway).
-- matplotlib: the backend is only chosen at first use. The template sets ``MPLBACKEND`` to
-  the inline backend before importing matplotlib, as ipykernel does in every kernel, and
-  never imports a backend module; the child sets the job's backend (``MPLBACKEND`` from its
-  environment, else inline) before the kernel starts, and the inline backend then hooks
-  into the kernel's shell when a figure is first drawn; headless kernels get Agg the same
-  way a fresh kernel would.
+  ``JE_ARROW_MALLOC_CONF=background_thread:false`` first (the child's jemalloc then purges
+  inline; pyarrow allocates through mimalloc by default anyway).
+- matplotlib: the backend is chosen at first use, not at import. The template sets
+  ``MPLBACKEND`` to the inline backend before importing matplotlib (what ipykernel sets in
+  every kernel) and never imports a backend module; the child sets the job's backend
+  (``MPLBACKEND`` from its environment, else inline) before its kernel starts, so the inline
+  backend hooks into that kernel's shell when the first figure is drawn (tested: a figure
+  shows as image/png).
 
-What differs from a fresh kernel, and is handled: ``random`` reseeds itself after a fork and
-numpy's global generator is reseeded in the child (else every job would draw the same
-numbers); ``sys.argv`` and ``sys.path`` are the ones ``ipykernel_launcher`` gives; a job whose
-working directory holds a module that shadows a preloaded one (``utils.py`` next to the
-notebook), or a ``matplotlibrc``, or whose ``PYTHON*``/``MPLCONFIGDIR`` variables differ from
-the template's, is refused (a fresh kernel would see something else). Warnings a library
-raises while it is imported are not shown again in a forked kernel.
+Also handled: ``random`` reseeds itself after a fork and numpy's global generator is reseeded
+in the child (else every job would draw the same numbers); ``sys.argv`` and ``sys.path`` are
+the ones ``ipykernel_launcher`` gives; a job whose working directory holds a module that
+shadows a preloaded one (``pandas.py`` next to the notebook) or a ``matplotlibrc``, or whose
+``PYTHON*``/``MPLCONFIGDIR`` variables differ from the template's, is refused (a fresh kernel
+would see something else). The imported objects are frozen out of the collector's reach
+(``gc.freeze``) so a kernel's collections neither walk nor copy the shared pages, and a kernel
+exits without the module teardown that would copy them all (``_exit_quickly``). Warnings a
+library raises while it is imported are not shown again in a forked kernel.
 """
 
 from __future__ import annotations
@@ -94,6 +102,15 @@ BASE_MODULES = (
     "mlflow.sklearn",
     "workbench.tracking",
     "workbench.tracking.handover",
+    # what the first MLflow call of a kernel imports (the SQL store alone: 1-2 s)
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "mlflow.store.tracking.sqlalchemy_workspace_store",
+    "mlflow.tracing.processor.otel",
+    "mlflow.tracing.export",
+    "sqlalchemy.dialects.sqlite",
+    "git",
+    "filelock",
 )
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 OWNER_ENV = "WORKBENCH_TEMPLATE_OWNER"  # the pid the template dies with

@@ -47,6 +47,10 @@ class Template:
             stdout=subprocess.PIPE,
             close_fds=True,
             env={**os.environ, OWNER_ENV: str(os.getpid())},
+            # out of the owner's process group, as kernels are: a signal to the group (a
+            # terminal's Ctrl-C or hang-up, a CI cancel) is the owner's to handle; the
+            # template goes when its owner closes its stdin or dies
+            start_new_session=True,
         )
         assert self.proc.stdout is not None
         self._fd = self.proc.stdout.fileno()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -83,3 +85,48 @@ def stop_group(pid: int, timeout: float = 10.0) -> None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         psutil.wait_procs(left, timeout=5)
+
+
+# -- children that die with their parent (Linux) -------------------------------------------
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def prctl(option: int, value: int) -> bool:
+    """Linux ``prctl(option, value)`` through libc; False elsewhere or when refused."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """In a child: have the kernel send ``sig`` when ``parent`` (the thread that started this
+    process) dies, and exit now if it already has (Linux ``PR_SET_PDEATHSIG``)."""
+    prctl(PR_SET_PDEATHSIG, int(sig))
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def die_with_parent_preexec(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``Popen`` that ties the child's life to this process: ``sig``
+    reaches it when the starting thread (so this process) ends, even when killed outright.
+    None off Linux. The death signal follows the *thread* that started the child: start
+    children from a thread that outlives them."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc_prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return preexec

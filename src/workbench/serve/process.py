@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from workbench.core import processes
 from workbench.core.ports import free_port, wait_http
 from workbench.serve.app import FORMATS, VERSION_HEADER, create_app, parse_request, serve
 from workbench.serve.model import (
@@ -120,20 +122,7 @@ _spawner_guard = threading.Lock()
 def _die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has the child sent SIGTERM (uvicorn's clean stop) when the
     thread that started it ends, and so when this process dies (Linux only; else None)."""
-    if sys.platform != "linux":
-        return None
-    import ctypes
-    import signal
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # this process died before the line above
-            os._exit(1)
-
-    return preexec
+    return processes.die_with_parent_preexec(signal.SIGTERM)
 
 
 def _popen_bound(cmd: list[str], **kwargs) -> subprocess.Popen:

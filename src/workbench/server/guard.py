@@ -27,25 +27,12 @@ import subprocess
 import sys
 import time
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
+from workbench.core import processes
+
 GRACE_S = 10.0  # for a graceful stop before SIGKILL
 POLL_S = 0.2
 
 _stop_signal = 0
-
-
-def prctl(option: int, value: int) -> bool:
-    """Linux ``prctl(option, value)`` through libc; False elsewhere or when refused."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -74,8 +61,8 @@ def stop_descendants(grace: float = GRACE_S) -> None:
 def run(parent: int, cmd: list[str]) -> int:
     """Run ``cmd`` until it exits, this guard is told to stop, or ``parent`` dies; then
     stop all that is left. Returns the exit code the guard should end with."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    processes.prctl(processes.PR_SET_PDEATHSIG, signal.SIGTERM)
+    processes.prctl(processes.PR_SET_CHILD_SUBREAPER, 1)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, _on_signal)
     child = None

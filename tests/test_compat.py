@@ -143,13 +143,13 @@ def test_mlflow_engine_cache_holds_the_stores_engine(tracking_uri):
 def test_mlflow_engine_cache_gone_raises_instead_of_skipping(monkeypatch):
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from workbench.run import pool
+    from workbench.run import workers
 
     monkeypatch.delattr(SqlAlchemyStore, "_engine_map")  # what a future MLflow may do
     with pytest.raises(mlflow_compat.MlflowChangedError, match=r"MLflow .*_engine_map"):
         mlflow_compat.cached_engines()
     with pytest.raises(mlflow_compat.MlflowChangedError):
-        pool._forget_inherited_connections()  # the forked worker's reset refuses too
+        workers.forget_inherited_connections()  # the forked worker's reset refuses too
 
 
 def test_mlflow_dataset_schema_comes_from_the_sample():

@@ -120,3 +120,22 @@ def test_grid_of_8_jobs_with_4_kernels(project, run_cli, experiment_name):
     res = run_cli("batch", str(batch), "--jobs", "4", "--resume")
     assert res.returncode == 0 and res.stdout.count("SKIPPED") == 8, res.stdout
     assert len(runs_of(experiment_name)) == 8
+
+
+def test_runs_the_notebook_left_running_end_with_its_execution(project, run_cli, experiment_name):
+    """The kernel dies with a nested run and its child open: they end KILLED with the
+    execution's run, not RUNNING for ever."""
+    res = run_cli(
+        "run", str(NOTEBOOKS / "killself_children.ipynb"), "--experiment", experiment_name
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 3, [r.info.run_name for r in runs]
+    assert {r.info.status for r in runs} == {"KILLED"}, [
+        (r.info.run_id, r.info.status) for r in runs
+    ]
+    for run in runs:
+        if "mlflow.parentRunId" in run.data.tags:
+            assert "its notebook execution ended KILLED" in run.data.tags[names.TAG_REASON]

@@ -92,6 +92,10 @@ def end_run(e: Ending) -> Ended:
         client.set_tag(e.run_id, names.TAG_REASON, reason[:5000])
     client.set_terminated(e.run_id, e.status)
     try:
+        end_children(client, e.run_id, e.status, reason)
+    except Exception as exc:  # said, never silent: the execution's own run is recorded
+        notes.append(f"note: could not end the runs this notebook left RUNNING: {exc}")
+    try:
         metrics = dict(client.get_run(e.run_id).data.metrics)
     except Exception:  # metrics are for the summary only
         metrics = {}
@@ -103,6 +107,27 @@ def end_run(e: Ending) -> Ended:
         except Exception as exc:  # the run itself is done and recorded
             notes.append(f"note: could not rebuild the report index: {exc}")
     return Ended(reason, metrics, notes)
+
+
+def end_children(client, run_id: str, status: str, reason: str = "") -> list[str]:
+    """End the runs the notebook started under the execution's run and left RUNNING (its
+    kernel died, or it never ended them): with the execution's status when that is FAILED or
+    KILLED, else KILLED; the reason says why. Grandchildren too. Their ids."""
+    from workbench.core import names, store
+
+    experiment_id = client.get_run(run_id).info.experiment_id
+    ended, parents = [], [run_id]
+    while parents:
+        parent = parents.pop()
+        query = f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+        for child in list(store.iter_runs(client, [experiment_id], query)):
+            child_id = child.info.run_id
+            parents.append(child_id)
+            why = f"its notebook execution ended {status}" + (f": {reason}" if reason else "")
+            client.set_tag(child_id, names.TAG_REASON, why[:5000])
+            client.set_terminated(child_id, status if status in ("FAILED", "KILLED") else "KILLED")
+            ended.append(child_id)
+    return ended
 
 
 def mark_killed(run_id: str, why: str, only_running: bool = False) -> str | None:
@@ -117,6 +142,7 @@ def mark_killed(run_id: str, why: str, only_running: bool = False) -> str | None
             return None
         client.set_tag(run_id, names.TAG_REASON, why)
         client.set_terminated(run_id, "KILLED")
+        end_children(client, run_id, "KILLED", why)
         return None
     except Exception as exc:
         problem = f"could not mark run {run_id} KILLED ({why}): {type(exc).__name__}: {exc}"

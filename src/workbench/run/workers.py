@@ -96,14 +96,14 @@ def _worker_init() -> None:
 
     gc.enable()  # a forked worker inherits the parent's paused collector
     startup.skip_slow_imports()
-    _forget_inherited_connections()
+    forget_inherited_connections()
     logging.getLogger("papermill").setLevel(logging.ERROR)
     # The template this worker forks its kernels from (run.kernels): it imports while the
     # parent opens the store, and dies with this worker.
     kernels.start_template()
 
 
-def _forget_inherited_connections() -> None:
+def forget_inherited_connections() -> None:
     """In a forked worker, give MLflow's cached SQLAlchemy engines fresh connection pools
     without closing the parent's connections (SQLAlchemy's advice for fork)."""
     for engine in mlflow_compat.cached_engines():

@@ -73,6 +73,8 @@ import select
 import signal
 import sys
 
+from workbench.core import processes
+
 # What a kernel imports while it starts (its debugger pulls in debugpy): imported first, so
 # a forked kernel starts without importing anything.
 KERNEL_MODULES = (
@@ -120,16 +122,6 @@ TEMPLATE_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "JE_ARROW_MALLOC_CONF": "background_thread:false",
 }
-
-
-def die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when ``parent`` dies (``PR_SET_PDEATHSIG``); exit
-    now if it already has."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def _send(fd: int, message: dict) -> None:
@@ -236,7 +228,7 @@ class Server:
         gc.freeze()
         pid = os.fork()
         if pid == 0:
-            die_with_parent(template)
+            processes.die_with_parent(template, signal.SIGKILL)
             self.leave(req)
             return req
         self.children.add(pid)
@@ -479,7 +471,7 @@ def main(argv: list[str]) -> int:
     """Prepare, import, serve; in a forked child, run the job's kernel."""
     owner = os.environ.pop(OWNER_ENV, "")
     if owner:
-        die_with_parent(int(owner))
+        processes.die_with_parent(int(owner), signal.SIGKILL)
     for key, value in TEMPLATE_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)

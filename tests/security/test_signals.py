@@ -162,6 +162,31 @@ def test_a_signalled_batch_ends_every_run_and_starts_no_more(project, experiment
             proc.wait()
 
 
+def test_a_batch_killed_outright_takes_its_workers_and_kernels_along(project, experiment_name):
+    """SIGKILL to the batch command: nobody can forward anything, yet its workers (and their
+    templates and kernels) end, and the runs they held end KILLED, not RUNNING for ever."""
+    batch = project / "sleepy.yaml"
+    batch.write_text(
+        f"notebook: {NOTEBOOKS / 'sleeps.ipynb'}\nexperiment: {experiment_name}\n"
+        "grid: {seconds: [300, 301]}\n"
+    )
+    proc = _start(project, "batch", str(batch), "--jobs", "2", session=True)
+    try:
+        _wait_sleeping(proc, experiment_name, 2)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait()
+        _, alive = psutil.wait_procs(started, timeout=ENDED_WITHIN_S)
+        assert alive == [], f"outlived their batch: {[p.cmdline() for p in alive]}"
+        runs = _runs(experiment_name)
+        assert len(runs) == 2 and {r.info.status for r in runs} == {"KILLED"}, [
+            (r.info.status, r.data.tags.get(names.TAG_REASON)) for r in runs
+        ]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------ serve
 
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.core import mlflow_compat
+from workbench.core import mlflow_compat, processes
 from workbench.run import agent, kernels, runner, signals, startup
 from workbench.run.jobs import Job, JobResult
 
@@ -65,10 +65,16 @@ def not_started(job: Job, stop: signals.Terminated) -> JobResult:
 
 def worker_main(conn: Any) -> None:
     """A worker's life: run the jobs it is given, one at a time, until told to quit."""
+    parent = os.getppid()
+    # The batch command killed outright: SIGTERM ends a job in flight KILLED (signals), and
+    # an idle worker sees its parent gone below (siblings hold the pipe open: no EOF comes).
+    processes.die_with_parent(parent, signal.SIGTERM)
     _worker_init()
     with signals.handled():
         while signals.stopping() is None:
             try:
+                if not _wait_for_message(conn, parent):
+                    break
                 message = conn.recv()
             except (EOFError, OSError):  # the parent is gone
                 break
@@ -80,6 +86,14 @@ def worker_main(conn: Any) -> None:
                 break
     kernels.close_template()
     conn.close()
+
+
+def _wait_for_message(conn: Any, parent: int) -> bool:
+    """Wait for the parent's next message; False when the parent is gone."""
+    while not conn.poll(1.0):
+        if os.getppid() != parent:
+            return False
+    return True
 
 
 def _tell(conn: Any, message: tuple) -> bool:

@@ -19,14 +19,31 @@ def _isolated_env(monkeypatch):
         "WORKBENCH_NOTEBOOK",
         "WORKBENCH_PARAMS_FILE",
         "WORKBENCH_ARTIFACT_ROOT",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_EXPERIMENT_NAME",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # MLflow writes some variables itself (set_experiment exports MLFLOW_EXPERIMENT_ID), and so
+    # may code under test: whatever a test leaves in MLFLOW_* / WORKBENCH_* is undone, so the
+    # next test (and the nbval kernels, which inherit this environment) start clean.
+    before = {k: v for k, v in os.environ.items() if k.startswith(_OWN_PREFIXES)}
     yield
     import mlflow
 
+    from workbench.core import mlflow_compat
+
     while mlflow.active_run() is not None:
         mlflow.end_run("KILLED")
+    mlflow_compat.forget_active_experiment()
+    for key in [k for k in os.environ if k.startswith(_OWN_PREFIXES)]:
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)
+
+
+_OWN_PREFIXES = ("MLFLOW_", "WORKBENCH_")
 
 
 @pytest.fixture

@@ -132,3 +132,21 @@ def start_run_homes(mlflow_module) -> list[Any]:
     if home is not None and home is not mlflow_module:
         homes.append(home)
     return homes
+
+
+def forget_active_experiment() -> None:
+    """Forget the experiment ``mlflow.set_experiment`` made current in this process
+    (``mlflow.tracking.fluent._active_experiment_id``, and the ``MLFLOW_EXPERIMENT_ID`` it
+    exports): for code that hosts several independent sessions one after another, such as
+    a test suite. MLflow has no public call for it."""
+    import os
+
+    from mlflow.tracking import fluent
+
+    if not hasattr(fluent, "_active_experiment_id"):
+        raise MlflowChangedError(
+            f"MLflow {_version()} has no mlflow.tracking.fluent._active_experiment_id: "
+            "update workbench.core.mlflow_compat.forget_active_experiment"
+        )
+    fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)

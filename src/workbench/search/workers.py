@@ -71,11 +71,20 @@ def start_workers(
     n_trials: int | None = None,
     timeout: float | None = None,
     log_dir: str | Path | None = None,
+    cluster: str | None = None,
 ) -> list[subprocess.Popen]:
-    """Start ``n`` ``workbench search-worker`` processes on this machine; ``wait_workers``
-    collects them. Their output goes to ``log_dir/worker-<i>.log`` (default: discarded)."""
+    """Start ``n`` ``workbench search-worker`` processes on this machine (or, with
+    ``cluster="tcp://HOST:8786"``, as tasks on a Dask cluster); ``wait_workers`` collects
+    them. Local workers' output goes to ``log_dir/worker-<i>.log`` (default: discarded)."""
     if storage_kind(storage) == "memory":
         raise SearchError("workers need a shared storage: use storage='journal:PATH' or an RDB URL")
+    if cluster:
+        from workbench.search.cluster_workers import start_cluster_workers
+
+        return start_cluster_workers(  # type: ignore[return-value]
+            study_name, storage, n, cluster=cluster, n_trials=n_trials, timeout=timeout,
+            storage_env=STORAGE_ENV,
+        )  # fmt: skip
     # No --storage: the URL is in the environment ($WORKBENCH_SEARCH_STORAGE), out of ps.
     cmd = [sys.executable, "-m", "workbench.cli", "search-worker", "--study", study_name]
     cmd += ["--trials", str(n_trials)] if n_trials else []

@@ -22,7 +22,7 @@ def test_run_all_runs_each_job_on_a_worker(project, dask_cluster, experiment_nam
     )
     jobs, stages = batch.plan_stages([str(path)], None)
     mlflow_client = mlflow.MlflowClient()
-    cluster_runs.already_finished(mlflow_client, jobs, resume=False)
+    batch.already_finished(mlflow_client, jobs, resume=False)
     client = cluster.connect(dask_cluster.address)
     try:
         results = cluster.run_all(jobs, client, stages, batch_id="b-run-all")

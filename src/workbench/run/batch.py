@@ -250,3 +250,20 @@ def print_plan(jobs: list[Job], skipped: set[int]) -> None:
             action,
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def already_finished(client, todo: list[Job], resume: bool) -> set[int]:
+    """Give each job its experiment id; with ``resume``, the indexes of jobs whose parameter
+    set already has a FINISHED run in that experiment."""
+    from workbench.core import store
+
+    skipped: set[int] = set()
+    done: dict[str, set[str]] = {}
+    for i, job in enumerate(todo):
+        job.experiment_id = store.experiment_id(job.experiment)
+        if resume:
+            if job.experiment_id not in done:
+                done[job.experiment_id] = finished_hashes(client, job.experiment_id)
+            if job.param_hash in done[job.experiment_id]:
+                skipped.add(i)
+    return skipped

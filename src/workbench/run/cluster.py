@@ -140,7 +140,7 @@ def run_all(
     groups = [[i for i in range(len(jobs)) if stages[i] == s] for s in sorted(set(stages))]
     results: list[JobResult | None] = [None] * len(jobs)
     lost: SchedulerLost | None = None
-    with pool._progress() as progress:
+    with pool.progress_bar() as progress:
         task = progress.add_task("starting", total=len(jobs))
 
         def record(i: int, outcome: shipping.Outcome) -> None:
@@ -148,7 +148,7 @@ def run_all(
             results[i] = outcome.result
             for note in outcome.notes:
                 progress.console.print(note, highlight=False)
-            progress.update(task, advance=1, description=pool._describe(outcome.result))
+            progress.update(task, advance=1, description=pool.describe(outcome.result))
 
         for group in groups:
             try:
@@ -229,7 +229,7 @@ def batch_command(
         batch.print_plan(_shown(todo), set())
         return EXIT_OK
     mlflow_client = store.connect(activate=False)
-    skipped = cluster_runs.already_finished(mlflow_client, todo, resume)
+    skipped = batch.already_finished(mlflow_client, todo, resume)
     check_artifacts(mlflow_client, {j.experiment_id for j in todo if j.experiment_id})
     if dry_run:
         batch.print_plan(_shown(todo), skipped)

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from workbench.core import names
 from workbench.core.config import TRAINING_VIEW, get_settings
-from workbench.run import agent, batch
+from workbench.run import agent
 from workbench.run.jobs import Job, JobResult, project_relative
 
 if TYPE_CHECKING:
@@ -130,23 +130,6 @@ class ClusterRunStore(agent.LocalRunStore):
 
 
 # ------------------------------------------------------------------ on the command's side
-
-
-def already_finished(client: MlflowClient, todo: list[Job], resume: bool) -> set[int]:
-    """Give each job its experiment id (created once, here); with ``resume``, the indexes of
-    jobs whose parameter set already has a FINISHED run."""
-    from workbench.core import store
-
-    skipped: set[int] = set()
-    done: dict[str, set[str]] = {}
-    for i, job in enumerate(todo):
-        job.experiment_id = store.experiment_id(job.experiment)
-        if resume:
-            if job.experiment_id not in done:
-                done[job.experiment_id] = batch.finished_hashes(client, job.experiment_id)
-            if job.param_hash in done[job.experiment_id]:
-                skipped.add(i)
-    return skipped
 
 
 def _batch_runs(

@@ -205,7 +205,7 @@ def _batch(paths: list[str], jobs: int, resume: bool, dry_run: bool, timeout: fl
     try:
         client = store.connect(activate=False)
         _sweep(client, "its runner process is gone")
-        skipped = _already_finished(client, todo, resume)
+        skipped = batch.already_finished(client, todo, resume)
         if dry_run:
             batch.print_plan(_shown(todo), skipped)
             return EXIT_OK
@@ -269,20 +269,3 @@ def _fork_pool(jobs: int, todo: list[Job], dry_run: bool) -> Pool | None:
         )
     finally:
         gc.enable()
-
-
-def _already_finished(client: MlflowClient, todo: list[Job], resume: bool) -> set[int]:
-    """Give each job its experiment id; with ``resume``, the indexes of jobs whose parameter
-    set already has a FINISHED run in that experiment."""
-    from workbench.core import store
-
-    skipped: set[int] = set()
-    done: dict[str, set[str]] = {}
-    for i, job in enumerate(todo):
-        job.experiment_id = store.experiment_id(job.experiment)
-        if resume:
-            if job.experiment_id not in done:
-                done[job.experiment_id] = batch.finished_hashes(client, job.experiment_id)
-            if job.param_hash in done[job.experiment_id]:
-                skipped.add(i)
-    return skipped

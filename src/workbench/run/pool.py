@@ -20,7 +20,7 @@ from workbench.run.workers import Pool, work
 __all__ = ["Pool", "print_summary", "run_all"]
 
 
-def _progress():
+def progress_bar():
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -35,7 +35,7 @@ def _progress():
     )
 
 
-def _describe(r: JobResult) -> str:
+def describe(r: JobResult) -> str:
     return f"{Path(r.job.notebook).stem}-{r.job.label}: {r.status}"
 
 
@@ -55,12 +55,12 @@ def run_all(
     stages = stages or [0] * len(jobs)
     groups = [[i for i in range(len(jobs)) if stages[i] == s] for s in sorted(set(stages))]
     results: list[JobResult | None] = [None] * len(jobs)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("starting", total=len(jobs))
 
         def record(i: int, r: JobResult) -> None:
             results[i] = r
-            progress.update(task, advance=1, description=_describe(r))
+            progress.update(task, advance=1, description=describe(r))
 
         if slots == 1 or len(jobs) == 1:
             if pool is not None:

@@ -2,6 +2,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -72,3 +73,20 @@ def test_empty_name_and_unopenable_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/sub/mlflow.db")
     with pytest.raises((store.StoreError, OSError)):
         store.connect()
+
+
+@pytest.mark.parametrize("name", ["..\n", "..", "../../etc", ".", "a/../../b", "./.."])
+def test_no_experiment_name_puts_artifacts_above_the_artifact_root(tmp_path, monkeypatch, name):
+    from workbench.core import store
+    from workbench.core.config import get_settings
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("WORKBENCH_ARTIFACT_ROOT", str(tmp_path / "art"))
+    settings = get_settings()
+    client = store.connect(settings)
+    exp = client.get_experiment(store.experiment_id(name, settings))
+    location = Path(exp.artifact_location.removeprefix("file://")).resolve()
+    root = (tmp_path / "art").resolve()
+    assert location.parent == root, (name, location)
+    store.forget(uri)

@@ -106,7 +106,10 @@ def _prepare(settings: Settings) -> None:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "experiment"
+    """The experiment's folder name under the artifact root: never ``.``, ``..`` or a path
+    (a name such as ``"..\\n"`` must not put artifacts above the root)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.").lower()
+    return slug if slug and set(slug) != {"."} else "experiment"
 
 
 def experiment_id(name: str, settings: Settings | None = None) -> str:

@@ -28,7 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata as md
 import warnings
 from collections.abc import Iterable
@@ -62,17 +61,13 @@ class ModelLoggingError(RuntimeError):
 
 def pinned(packages: Iterable[str]) -> list[str]:
     """``name==version`` for each installed package (no inference subprocess)."""
-    return [f"{name}=={v}" for name in packages if (v := _installed(name))]
-
-
-@functools.lru_cache(maxsize=64)
-def _installed(name: str) -> str | None:
-    """The installed version of ``name``, looked up once a process (each lookup scans the
-    environment's package metadata); None when it is not installed."""
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
+    reqs = []
+    for name in packages:
+        try:
+            reqs.append(f"{name}=={md.version(name)}")
+        except md.PackageNotFoundError:
+            continue
+    return reqs
 
 
 def requirements_for(model) -> list[str]:

@@ -1,51 +1,6 @@
-"""Runs as a tidy DataFrame: best run, ranking, overlays, parallel coordinates, diffs."""
+"""Runs as a tidy DataFrame: best run, ranking, overlays, parallel coordinates, diffs.
 
-from workbench.compare.api import (  # noqa: F401
-    BASE_COLUMNS,
-    FILTER_EXAMPLE,
-    ORDER_BY_EXAMPLE,
-    PARENT_TAG,
-    CompareError,
-    Engine,
-    Mode,
-    best_run,
-    diff_runs,
-    ensure_runs,
-    experiment_ids,
-    history_overlay,
-    list_experiments,
-    log_comparison,
-    metric_column,
-    metric_histories,
-    metric_names,
-    parallel_coordinates,
-    ranking,
-    runs_frame,
-    spread_column,
-    typed_param,
-)
+The public names are those of ``workbench.compare.api`` (its ``__all__``)."""
 
-__all__ = [
-    "BASE_COLUMNS",
-    "FILTER_EXAMPLE",
-    "ORDER_BY_EXAMPLE",
-    "PARENT_TAG",
-    "CompareError",
-    "Engine",
-    "Mode",
-    "best_run",
-    "diff_runs",
-    "ensure_runs",
-    "experiment_ids",
-    "history_overlay",
-    "list_experiments",
-    "log_comparison",
-    "metric_column",
-    "metric_histories",
-    "metric_names",
-    "parallel_coordinates",
-    "ranking",
-    "runs_frame",
-    "spread_column",
-    "typed_param",
-]
+from workbench.compare.api import *  # noqa: F403
+from workbench.compare.api import __all__  # noqa: F401

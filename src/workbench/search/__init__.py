@@ -1,57 +1,6 @@
-"""Optuna studies as MLflow runs: the study is a parent run, each trial a nested child run."""
+"""Optuna studies as MLflow runs: the study is a parent run, each trial a nested child run.
 
-from workbench.search.api import (  # noqa: F401
-    HEARTBEAT_ENV,
-    PLOTS,
-    RUN_ATTR,
-    STATE_TAG,
-    TRIAL_TAG,
-    WORKER_ATTR,
-    SearchError,
-    SearchResult,
-    SearchSpaceError,
-    SearchStudy,
-    TrialRuns,
-    child_runs,
-    create_study,
-    finish_study,
-    join_study,
-    normalize_storage,
-    open_storage,
-    reconcile,
-    redact_url,
-    run_search,
-    start_workers,
-    storage_kind,
-    wait_workers,
-    worker_command,
-    worker_id,
-)
+The public names are those of ``workbench.search.api`` (its ``__all__``)."""
 
-__all__ = [
-    "HEARTBEAT_ENV",
-    "PLOTS",
-    "RUN_ATTR",
-    "STATE_TAG",
-    "TRIAL_TAG",
-    "WORKER_ATTR",
-    "SearchError",
-    "SearchResult",
-    "SearchSpaceError",
-    "SearchStudy",
-    "TrialRuns",
-    "child_runs",
-    "create_study",
-    "finish_study",
-    "join_study",
-    "normalize_storage",
-    "open_storage",
-    "reconcile",
-    "redact_url",
-    "run_search",
-    "start_workers",
-    "storage_kind",
-    "wait_workers",
-    "worker_command",
-    "worker_id",
-]
+from workbench.search.api import *  # noqa: F403
+from workbench.search.api import __all__  # noqa: F401

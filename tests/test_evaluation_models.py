@@ -246,3 +246,74 @@ def test_learning_curves_take_numpy_arrays_too(tracking_uri, experiment_name, fi
     assert curves["val_accuracy"].iloc[-1] == pytest.approx(
         float(np.mean(est.predict(Xv) == np.asarray(split.y_val)))
     )
+
+
+def test_evaluation_files_are_what_log_figure_and_log_text_write(
+    tracking_uri, experiment_name, fitted
+):
+    """One upload of the four files, byte for byte what four MLflow calls would store."""
+    from sklearn.metrics import classification_report
+
+    pipe, split = fitted
+    y_true = np.asarray(split.y_val).astype(int)
+    y_prob = pipe.predict_proba(split.X_val)[:, 1]
+    y_pred = (y_prob >= 0.5).astype(int)
+    with tracking.start_run(experiment_name, algorithm="gbm") as run:
+        evaluation.evaluate_classifier(pipe, split.X_val, split.y_val, prefix="val_")
+        fig_cm, fig_curves = evaluation._figures(y_true, y_pred, y_prob, " (val)")
+        mlflow.log_figure(fig_cm, "plain/confusion_matrix.png")
+        mlflow.log_figure(fig_curves, "plain/roc_pr_curves.png")
+        report = classification_report(
+            y_true, y_pred, target_names=["negative (0)", "positive (1)"], digits=4, zero_division=0
+        )
+        mlflow.log_text(report, "plain/classification_report.txt")
+        table = evaluation.feature_importance(pipe)
+        mlflow.log_text(table.to_csv(index=False), "plain/feature_importance.csv")
+    root = Path(mlflow.artifacts.download_artifacts(run_id=run.run_id))
+    for name in (
+        "confusion_matrix.png",
+        "roc_pr_curves.png",
+        "classification_report.txt",
+        "feature_importance.csv",
+    ):
+        assert (root / "evaluation/val" / name).read_bytes() == (root / "plain" / name).read_bytes()
+
+
+def test_the_collector_is_paused_for_the_block_and_left_as_it_was():
+    import gc
+
+    from workbench.core import collector
+
+    assert gc.isenabled()
+    with collector.paused():
+        assert not gc.isenabled()
+        with collector.paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "an inner block does not restart it early"
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector.paused():
+            pass
+        assert not gc.isenabled(), "a caller that disabled it keeps it disabled"
+    finally:
+        gc.enable()
+
+
+def test_evaluation_figures_leave_nothing_in_the_old_generation(
+    tracking_uri, experiment_name, fitted
+):
+    """A figure is thousands of objects in reference cycles: drawn with the collector
+    paused, none of them is promoted to the generation only a full collection frees."""
+    import gc
+
+    pipe, split = fitted
+    y_true = np.asarray(split.y_val).astype(int)
+    y_prob = pipe.predict_proba(split.X_val)[:, 1]
+    y_pred = (y_prob >= 0.5).astype(int)
+    evaluation._figure_pngs(y_true, y_pred, y_prob, " (val)")  # imports, caches
+    gc.collect()
+    before = len(gc.get_objects(generation=2))
+    for _ in range(3):
+        evaluation._figure_pngs(y_true, y_pred, y_prob, " (val)")
+    assert len(gc.get_objects(generation=2)) - before < 500

@@ -128,3 +128,47 @@ def test_runs_a_notebook_starts_carry_the_notebooks_path(
         tags = client.get_run(run.info.run_id).data.tags
         assert tags["mlflow.source.name"] == "notebooks/05-model-registry.ipynb", tags
         assert tags["mlflow.source.type"] == "NOTEBOOK"
+
+
+def test_git_state_in_one_call_says_what_three_calls_said(tmp_path):
+    import subprocess
+
+    from workbench.tracking import runs
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    assert tracking.git_state() == runs._git_state_by_parts(".")  # the project checkout
+    git("init", "-q")
+    assert tracking.git_state(tmp_path) == tracking.GitState(None, None, None), "no commit yet"
+    (tmp_path / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("-c", "user.email=a@b.c", "-c", "user.name=n", "commit", "-qm", "first")
+    (tmp_path / "b.txt").write_text("untracked files do not make a checkout dirty")
+    clean = tracking.git_state(tmp_path)
+    assert clean.dirty is False and clean == runs._git_state_by_parts(str(tmp_path))
+    (tmp_path / "a.txt").write_text("changed")
+    git("checkout", "-q", "--detach")
+    detached = tracking.git_state(tmp_path)
+    assert detached == runs._git_state_by_parts(str(tmp_path))
+    assert (detached.branch, detached.dirty) == ("HEAD", True)
+
+
+def test_params_and_dataset_profile_go_in_one_batch_and_a_clash_is_still_refused(
+    tracking_uri, experiment_name
+):
+    from mlflow.exceptions import MlflowException
+
+    ds = load_dataset("churn", seed=3, n_rows=300)
+    with tracking.start_run(
+        experiment_name, algorithm="gbm", params={"n_rows": 300, "lr": 0.1}, dataset=ds
+    ) as run:
+        pass
+    params = mlflow.get_run(run.run_id).data.params
+    assert params["n_rows"] == "300" and params["lr"] == "0.1" and params["dataset"] == ds.name
+    with (
+        pytest.raises(MlflowException, match="n_rows"),
+        tracking.start_run(experiment_name, algorithm="gbm", params={"n_rows": 5}, dataset=ds),
+    ):
+        pass
+    mlflow.end_run("FAILED")  # the run the refused call had started

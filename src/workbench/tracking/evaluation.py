@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.core import collector
+
 
 def classification_metrics(y_true, y_pred, y_prob) -> dict[str, float]:
     """The canonical binary classification metrics (unprefixed)."""
@@ -129,23 +131,56 @@ def evaluate_classifier(
         return metrics
 
     import mlflow
-    from sklearn.metrics import classification_report
 
     mlflow.log_metrics(metrics)
     if artifacts:
-        title = f" ({prefix.rstrip('_')})" if prefix else ""
-        fig_cm, fig_curves = _figures(y_true, y_pred, y_prob, title)
-        folder = "evaluation" + (f"/{prefix.rstrip('_')}" if prefix else "")
-        mlflow.log_figure(fig_cm, f"{folder}/confusion_matrix.png")
-        mlflow.log_figure(fig_curves, f"{folder}/roc_pr_curves.png")
+        _log_artifacts(model, y_true, y_pred, y_prob, prefix)
+    return metrics
+
+
+def _log_artifacts(model, y_true, y_pred, y_prob, prefix: str) -> None:
+    """The two figures, the classification report and the feature importances, written
+    as ``mlflow.log_figure`` and ``mlflow.log_text`` write them, in one upload (not four)."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    from sklearn.metrics import classification_report
+
+    name = prefix.rstrip("_")
+    with tempfile.TemporaryDirectory(prefix="wb-eval-") as tmp:
+        files = Path(tmp)
+        pngs = _figure_pngs(y_true, y_pred, y_prob, f" ({name})" if prefix else "")
+        (files / "confusion_matrix.png").write_bytes(pngs[0])
+        (files / "roc_pr_curves.png").write_bytes(pngs[1])
         report = classification_report(
             y_true, y_pred, target_names=["negative (0)", "positive (1)"], digits=4, zero_division=0
         )
-        mlflow.log_text(report, f"{folder}/classification_report.txt")
+        (files / "classification_report.txt").write_text(report, encoding="utf-8")
         table = feature_importance(model)
         if table is not None:
-            mlflow.log_text(table.to_csv(index=False), f"{folder}/feature_importance.csv")
-    return metrics
+            (files / "feature_importance.csv").write_text(table.to_csv(index=False), "utf-8")
+        mlflow.log_artifacts(tmp, "evaluation" + (f"/{name}" if prefix else ""))
+
+
+def _figure_pngs(y_true, y_pred, y_prob, title: str) -> tuple[bytes, bytes]:
+    """The confusion matrix and the ROC + precision-recall figure as PNG files' bytes (what
+    ``mlflow.log_figure`` writes: ``savefig`` to a ``.png``).
+
+    Drawn with the cyclic garbage collector paused (``workbench.core.collector``): a figure
+    is thousands of objects in reference cycles, garbage once saved, which the next young
+    collection frees instead of promoting them (6,000 a call otherwise) to the old
+    generation, where only a full collection of the whole process frees them.
+    """
+    import io
+
+    pngs = []
+    with collector.paused():
+        for figure in _figures(y_true, y_pred, y_prob, title):
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png")
+            pngs.append(buffer.getvalue())
+    return pngs[0], pngs[1]
 
 
 def staged_positive_proba(estimator, X, every: int = 1) -> np.ndarray:

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import warnings
 from collections.abc import Iterable
@@ -61,13 +62,17 @@ class ModelLoggingError(RuntimeError):
 
 def pinned(packages: Iterable[str]) -> list[str]:
     """``name==version`` for each installed package (no inference subprocess)."""
-    reqs = []
-    for name in packages:
-        try:
-            reqs.append(f"{name}=={md.version(name)}")
-        except md.PackageNotFoundError:
-            continue
-    return reqs
+    return [f"{name}=={v}" for name in packages if (v := _installed(name))]
+
+
+@functools.lru_cache(maxsize=64)
+def _installed(name: str) -> str | None:
+    """The installed version of ``name``, looked up once a process (each lookup scans the
+    environment's package metadata); None when it is not installed."""
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
 
 
 def requirements_for(model) -> list[str]:

@@ -2,7 +2,8 @@
 
 Three speed-ups of saving a sklearn model with skops, each standing in for a public call
 that gives the same result more slowly: writing the archive (``skops.io.dumps``), auditing
-its types (``skops.io.get_untrusted_types``), and letting MLflow's save reuse the archive
+its types (``skops.io.get_untrusted_types``; on the schema still in memory, once per distinct
+member of an ensemble's 400 trees), and letting MLflow's save reuse the archive
 instead of dumping and loading it again (``skops.io.dump`` / ``skops.io.load``).
 
 Writing and auditing a 400-tree model builds and drops some 150,000 small containers (the
@@ -13,11 +14,13 @@ garbage collector paused (``workbench.core.collector``), so that none of them is
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zipfile import ZipFile
 
 from workbench.core import collector
@@ -46,23 +49,103 @@ def archive(model) -> tuple[bytes, str]:
     an archive ``skops.io.load`` refuses; tests/test_compat.py loads one back to catch it.
     Errors from skops (a type it cannot save) propagate unchanged.
     """
+    payload, schema, _ = _write(model, audit=False)
+    return payload, schema
+
+
+def audited_archive(model) -> tuple[bytes, str, list[str]]:
+    """``archive(model)`` and the types skops must be told to trust to load it (what
+    ``untrusted_types`` says), audited on the schema while it is still in memory, each
+    distinct ensemble member once (``_distinct_members``)."""
+    payload, schema, unsafe = _write(model, audit=True)
+    return payload, schema, unsafe if unsafe is not None else untrusted_types(payload, schema)
+
+
+def _write(model, audit: bool) -> tuple[bytes, str, list[str] | None]:
     import io
-    import json
 
     import skops
     from skops.io._persist import SaveContext, get_state
 
     buffer = io.BytesIO()
+    unsafe = None
     with collector.paused(), _IndexedZip(buffer, "w") as zip_file:
         context = SaveContext(zip_file=zip_file)
         state = get_state(model, context)
         context.clear_memo()
         state["protocol"] = context.protocol
         state["_skops_version"] = skops.__version__
-        schema = json.dumps(state)
-        del state  # freed here, while the collector is still paused
+        schema, members = _dumps(state)
         zip_file.writestr("schema.json", schema)
-    return buffer.getvalue(), schema
+        if audit:
+            unsafe = _audit_distinct(state, members)
+        del state, members  # freed here, while the collector is still paused
+    return buffer.getvalue(), schema, unsafe
+
+
+_MEMBERS = 16  # a list of at least this many nodes is an ensemble's members
+
+
+def _dumps(state: dict) -> tuple[str, list[tuple[Any, Any, Any, list[str]]]]:
+    """``json.dumps(state)``, and each long list of nodes found in it with its items' JSON
+    texts: ``(container, key, items, texts)``. The text is the same string: a list's JSON
+    is its items' JSON joined by ``", "`` in brackets."""
+    import json
+    import uuid
+
+    members: list[tuple[Any, Any, Any, list[str]]] = []
+    stack: list[Any] = [state]
+    while stack:
+        node = stack.pop()
+        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+            if not isinstance(value, dict | list | tuple):  # skops keeps tuples of nodes too
+                continue
+            if (
+                not isinstance(node, tuple)
+                and isinstance(value, list | tuple)
+                and len(value) >= _MEMBERS
+                and all(isinstance(item, dict) for item in value)
+            ):
+                members.append((node, key, value, [json.dumps(item) for item in value]))
+            else:
+                stack.append(value)
+    if not members:
+        return json.dumps(state), members
+    tokens = [f"\x00workbench-{uuid.uuid4().hex}-{i}" for i in range(len(members))]
+    for (node, key, _, _), token in zip(members, tokens, strict=True):
+        node[key] = token
+    text = json.dumps(state)
+    for (node, key, items, texts), token in zip(members, tokens, strict=True):
+        text = text.replace(json.dumps(token), "[" + ", ".join(texts) + "]", 1)
+        node[key] = items
+    return text, members
+
+
+# What tells two ensemble members apart without changing what the audit finds: object ids,
+# array file names and JSON values (the audit reads none of them; it reads types and names).
+_NOT_TYPES = re.compile(
+    r'"__id__": \d+|"file": "[^"]*"|"content": "(?:[^"\\]|\\.)*", "is_json": true'
+)
+
+
+def _audit_distinct(state: dict, members: list[tuple[Any, Any, Any, list[str]]]):
+    """The audit of ``untrusted_in_schema`` on ``state``, with each long list of nodes
+    reduced to its distinct members: the unsafe set of a list is the union of its items'
+    sets, and items whose JSON differs only in ids, file names and JSON values have the
+    same. None if the audit of the reduced state fails (a cached node whose first
+    occurrence was left out, or skops' internals moved): the caller audits it all."""
+    for node, key, items, texts in members:
+        distinct: dict[str, Any] = {}
+        for item, text in zip(items, texts, strict=True):
+            distinct.setdefault(_NOT_TYPES.sub("", text), item)
+        node[key] = list(distinct.values())
+    try:
+        return _unsafe(state)
+    except Exception:  # noqa: BLE001 - the full audit (or skops' public call) decides
+        return None
+    finally:
+        for node, key, items, _ in members:
+            node[key] = items
 
 
 class _NoArrays:
@@ -83,16 +166,19 @@ def untrusted_in_schema(schema: str) -> list[str]:
     """
     import json
 
+    with collector.paused():
+        state = json.loads(schema)
+        unsafe = _unsafe(state)
+        del state  # freed here, while the collector is still paused
+    return unsafe
+
+
+def _unsafe(state: dict) -> list[str]:
     from skops.io._audit import get_tree
     from skops.io._utils import LoadContext
 
-    with collector.paused():
-        state = json.loads(schema)
-        context = LoadContext(src=_NoArrays(), protocol=state["protocol"])  # type: ignore[arg-type]
-        tree = get_tree(state, context, trusted=None)
-        unsafe = sorted(tree.get_unsafe_set())
-        del state, tree  # freed here, while the collector is still paused
-    return unsafe
+    context = LoadContext(src=_NoArrays(), protocol=state["protocol"])  # type: ignore[arg-type]
+    return sorted(get_tree(state, context, trusted=None).get_unsafe_set())
 
 
 def untrusted_types(payload: bytes, schema: str) -> list[str]:

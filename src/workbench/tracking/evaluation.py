@@ -183,6 +183,26 @@ def _figure_pngs(y_true, y_pred, y_prob, title: str) -> tuple[bytes, bytes]:
     return pngs[0], pngs[1]
 
 
+def _log_odds_model(estimator) -> bool:
+    """A binary scikit-learn gradient-boosting model with the log-loss: its decision
+    function is the log-odds of the positive class."""
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
+
+    return (
+        isinstance(estimator, GradientBoostingClassifier | HistGradientBoostingClassifier)
+        and getattr(estimator, "loss", None) == "log_loss"
+        and len(getattr(estimator, "classes_", ())) == 2
+    )
+
+
+def _staged_log_odds(estimator, X, every: int) -> np.ndarray:
+    """Stages x rows: the log-odds after each kept boosting stage (a log-odds model)."""
+    from itertools import islice
+
+    stages = islice(estimator.staged_decision_function(X), 0, None, every)
+    return np.stack([s.ravel() for s in stages])
+
+
 def staged_positive_proba(estimator, X, every: int = 1) -> np.ndarray:
     """Stages x rows: the positive class's probability after each boosting stage.
 
@@ -194,20 +214,40 @@ def staged_positive_proba(estimator, X, every: int = 1) -> np.ndarray:
     """
     from itertools import islice
 
-    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
-
-    log_odds = (
-        isinstance(estimator, GradientBoostingClassifier | HistGradientBoostingClassifier)
-        and getattr(estimator, "loss", None) == "log_loss"
-        and len(getattr(estimator, "classes_", ())) == 2
-    )
-    if log_odds:
+    if _log_odds_model(estimator):
         from scipy.special import expit
 
-        stages = islice(estimator.staged_decision_function(X), 0, None, every)
-        return expit(np.stack([s.ravel() for s in stages]))
+        return expit(_staged_log_odds(estimator, X, every))
     stages = islice(estimator.staged_predict_proba(X), 0, None, every)  # only kept stages
     return np.stack([s[:, 1] for s in stages])
+
+
+# log(1/eps - 1) for eps = 1e-15: a probability clipped to [eps, 1 - eps], as log-odds
+_MAX_LOG_ODDS = 34.538776394910684
+
+
+def _staged_scores(estimator, X, y: np.ndarray, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and log-loss after each kept stage (stages x rows scored at once).
+
+    For a log-odds model, both come from the log-odds ``z`` without probabilities: a row
+    is predicted positive when ``z >= 0`` (the model's own ``predict``), and its loss is
+    ``log(1 + exp(-z))`` when positive, ``log(1 + exp(z))`` when negative, with ``z``
+    clipped as a probability is clipped to [1e-15, 1 - 1e-15]. Computed in place on one
+    array: two transcendental passes instead of four, no temporary of the array's size.
+    """
+    positive = y == 1
+    if not _log_odds_model(estimator):
+        p = staged_positive_proba(estimator, X, every)
+        accuracy = ((p >= 0.5) == positive).mean(axis=1)
+        p = np.clip(p, 1e-15, 1 - 1e-15)
+        return accuracy, -np.where(positive, np.log(p), np.log1p(-p)).mean(axis=1)
+    m = _staged_log_odds(estimator, X, every)
+    m *= np.where(positive, -1.0, 1.0)  # m = -z for positives, z for negatives
+    accuracy = ((m < 0) | ((m == 0) & positive)).mean(axis=1)  # z >= 0 predicts positive
+    np.clip(m, -_MAX_LOG_ODDS, _MAX_LOG_ODDS, out=m)
+    np.exp(m, out=m)
+    np.log1p(m, out=m)
+    return accuracy, m.mean(axis=1)
 
 
 def log_learning_curves(
@@ -273,11 +313,8 @@ def _curves(head, estimator, sets, every: int) -> pd.DataFrame:
     curves: dict[str, np.ndarray] = {}
     for name, X, y in sets:
         Xt = head.transform(X) if head is not None else X
-        y = np.asarray(y).astype(int)
-        p = staged_positive_proba(estimator, Xt, every)
-        curves[f"{name}_accuracy"] = ((p >= 0.5) == (y == 1)).mean(axis=1)
-        p = np.clip(p, 1e-15, 1 - 1e-15)
-        curves[f"{name}_log_loss"] = -np.where(y == 1, np.log(p), np.log1p(-p)).mean(axis=1)
+        accuracy, loss = _staged_scores(estimator, Xt, np.asarray(y).astype(int), every)
+        curves[f"{name}_accuracy"], curves[f"{name}_log_loss"] = accuracy, loss
     table = pd.DataFrame(curves)[
         ["train_accuracy", "val_accuracy", "train_log_loss", "val_log_loss"]
     ]

@@ -103,8 +103,18 @@ def skops_bytes(model) -> bytes:
 def skops_archive(model) -> tuple[bytes, str]:
     """The skops archive and its ``schema.json`` text (the schema is what the audit reads);
     a model skops cannot save raises ``ModelLoggingError`` with the fix."""
+    return _saved(skops_compat.archive, model)
+
+
+def _audited_archive(model) -> tuple[bytes, list[str]]:
+    """The skops archive and the exact types to trust to load it back."""
+    payload, _, trusted = _saved(skops_compat.audited_archive, model)
+    return payload, trusted
+
+
+def _saved(save, model):
     try:
-        return skops_compat.archive(model)
+        return save(model)
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix attached
         raise ModelLoggingError(
             f"skops cannot serialize {type(model).__name__}: {exc}\n"
@@ -204,8 +214,7 @@ def log_model(
         warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(sample, model.predict(sample))
     lean = compact(model)
-    payload, schema = skops_archive(lean)
-    trusted = skops_compat.untrusted_types(payload, schema)
+    payload, trusted = _audited_archive(lean)
     # MLflow loads what it saved back to check it; a process that refuses pickles (a
     # `workbench run` kernel) would refuse that too and skip the serving check with a warning.
     # Those loads get the model in memory (serialize_once): nothing foreign is read.

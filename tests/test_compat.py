@@ -332,6 +332,42 @@ def test_jupyter_kernel_manager_polls_shutdown_through_async_wait():
     )
 
 
+def test_jupyter_fast_ready_client_connects_fast_and_adapts_the_protocol():
+    """The kernel manager's and client's sockets reconnect every RECONNECT_MS, and the client
+    still learns the kernel's protocol through jupyter_client's private hook."""
+    import asyncio
+
+    import zmq
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    handle = getattr(AsyncKernelClient, "_handle_kernel_info_reply", None)
+    assert callable(handle), f"{lib('jupyter_client')}: _handle_kernel_info_reply is gone"
+    fast = jupyter_compat.fast_exit_kernel_manager()
+
+    async def start_and_stop() -> tuple:
+        km = fast(kernel_name="python3")
+        await km.start_kernel()
+        try:
+            client = km.client()
+            client.start_channels()
+            await client.wait_for_ready(timeout=60)
+            reply = await client.kernel_info(reply=True, timeout=30)
+            client.stop_channels()
+            return (
+                type(client).__name__,
+                km.context.getsockopt(zmq.RECONNECT_IVL),
+                client.context.getsockopt(zmq.RECONNECT_IVL),
+                reply["content"]["status"],
+            )
+        finally:
+            await km.shutdown_kernel(now=False)
+
+    name, manager_ivl, client_ivl, status = asyncio.run(start_and_stop())
+    assert name == "FastReadyClient"
+    assert manager_ivl == client_ivl == jupyter_compat.RECONNECT_MS
+    assert status == "ok"
+
+
 # ------------------------------------------------------------------ MLflow: the run hand-over
 
 

@@ -117,6 +117,18 @@ def test_notebook_imports_are_the_top_level_imports_of_code_cells():
     ]
 
 
+def test_batch_imports_merge_what_the_batch_notebooks_import(tmp_path):
+    one, two, broken = tmp_path / "one.ipynb", tmp_path / "two.ipynb", tmp_path / "broken.ipynb"
+    nbformat.write(_notebook("import pandas\nfrom sklearn.base import clone"), str(one))
+    nbformat.write(_notebook("from sklearn.base import BaseEstimator\nimport mlflow"), str(two))
+    broken.write_text("{not json")
+    assert kernels.batch_imports([one, two, one, broken]) == [
+        ["pandas", []],
+        ["sklearn.base", ["clone", "BaseEstimator"]],
+        ["mlflow", []],
+    ]
+
+
 # ------------------------------------------------------------------ forked kernels
 
 
@@ -212,6 +224,53 @@ def test_a_forked_kernel_exits_as_python_does(template, tmp_path):
     assert type(_execute(nb, tmp_path)).__name__ == "ForkProvisioner"
     for name, text in (("atexit", "ran"), ("thread", "joined"), ("unclosed", "flushed")):
         assert (tmp_path / f"{name}.txt").read_text() == text
+
+
+def test_a_batch_template_imports_what_its_notebooks_need_and_nothing_else(tmp_path):
+    """A batch's template (told its notebooks' imports) preloads those and what they load at
+    their first call (MLflow's SQL store), and none of the usual heavy modules no job uses."""
+    probe = (
+        "import json, sys\nprint(json.dumps(sorted(m for m in ('pandas', 'sklearn', "
+        "'matplotlib', 'mlflow', 'mlflow.store.tracking.sqlalchemy_store', 'json') "
+        "if m in sys.modules)))"
+    )
+    light = kernels.Template([], usual=False)
+    heavy = kernels.Template([["mlflow", []]], usual=False)
+    try:
+        for tpl in (light, heavy):
+            tpl.wait_ready()
+        nb_light, nb_heavy = _notebook(probe), _notebook(probe)
+        _execute(nb_light, tmp_path, km_class=provisioner.forked_kernel_manager(light))
+        _execute(nb_heavy, tmp_path, km_class=provisioner.forked_kernel_manager(heavy))
+    finally:
+        light.close()
+        heavy.close()
+    assert _printed(nb_light) == [["json"]]  # the kernel's own modules only
+    assert "mlflow.store.tracking.sqlalchemy_store" in _printed(nb_heavy)[0]
+    assert "sklearn" not in _printed(nb_heavy)[0]
+
+
+def test_forked_kernels_shut_down_by_themselves(template, tmp_path):
+    """Every kernel exits on its own when asked (exit code 0), none killed by jupyter_client's
+    shutdown timeout: ipykernel 7 could hang in its own shutdown (control thread flushing
+    through a stopped IOPub thread), one kernel in five here, until SIGTERM came 2.5 s later."""
+    codes: list = []
+
+    class Recording(kernels.kernel_manager_class()):
+        async def start_kernel(self, **kw):
+            await super().start_kernel(**kw)
+            prov, wait = self.provisioner, self.provisioner.wait
+
+            async def recorded_wait():
+                code = await wait()
+                codes.append(code)
+                return code
+
+            prov.wait = recorded_wait
+
+    for i in range(16):
+        _execute(_notebook(f"print({i})"), tmp_path, km_class=Recording)
+    assert codes == [0] * 16
 
 
 # ------------------------------------------------------------------ truthful endings

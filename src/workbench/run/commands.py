@@ -258,14 +258,14 @@ def _fork_pool(jobs: int, todo: list[Job], dry_run: bool) -> Pool | None:
     """
     import gc
 
+    from workbench.run import kernels
     from workbench.run import pool as batch_pool
 
+    if dry_run or jobs < 2 or len(todo) < 2:
+        return None
     gc.disable()  # start-up is imports: the cyclic collector only slows them down
     try:
-        return (
-            batch_pool.Pool(min(jobs, len(todo)))
-            if not dry_run and jobs > 1 and len(todo) > 1
-            else None
-        )
+        imports = kernels.batch_imports(j.notebook for j in todo)
+        return batch_pool.Pool(min(jobs, len(todo)), modules=imports)
     finally:
         gc.enable()

@@ -31,7 +31,7 @@ from typing import Any
 from workbench.core import jupyter_compat, processes
 from workbench.run import provisioner
 from workbench.run.provisioner import TemplateRefused
-from workbench.run.template import KERNEL_ARG, OWNER_ENV
+from workbench.run.template import KERNEL_ARG, OWNER_ENV, USUAL_ARG
 
 # How long a fork may wait for the template's answer (its first imports included).
 FORK_TIMEOUT_S = 120.0
@@ -40,9 +40,14 @@ FORK_TIMEOUT_S = 120.0
 class Template:
     """The owner's side of a template process: fork requests and its children's exits."""
 
-    def __init__(self, modules: list[list] | tuple = ()) -> None:
+    def __init__(self, modules: list[list] | tuple = (), usual: bool = True) -> None:
+        flags = [USUAL_ARG] if usual else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench.run.template", KERNEL_ARG, *map(json.dumps, modules)],
+            [
+                *(sys.executable, "-m", "workbench.run.template", KERNEL_ARG),
+                *flags,
+                *map(json.dumps, modules),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -172,14 +177,16 @@ class Template:
 _active: Template | None = None
 
 
-def start_template(modules: list[list] | tuple = ()) -> Template | None:
+def start_template(modules: list[list] | tuple | None = None) -> Template | None:
     """Start a template and make it the one this process's kernels are forked from (Linux
-    only: elsewhere None, and kernels start as usual). Start it from the thread that lives
-    as long as the process (the template dies with the thread that started it)."""
+    only: elsewhere None, and kernels start as usual). ``modules``: what its notebooks
+    import (``batch_imports``); None when they are not known yet, and the template imports
+    the usual heavy modules while it waits. Start it from the thread that lives as long as
+    the process (the template dies with the thread that started it)."""
     global _active
     close_template()
     if sys.platform == "linux":
-        _active = Template(modules)
+        _active = Template(modules or (), usual=modules is None)
     return _active
 
 
@@ -207,6 +214,23 @@ def kernel_manager_class(nb: Any = None) -> type:
 
 
 # ------------------------------------------------------------------ a notebook's imports
+
+
+def batch_imports(notebooks: Any) -> list[list]:
+    """What the notebooks at these paths import (``notebook_imports``, merged in order); a
+    notebook that cannot be read adds nothing (its job reports the problem)."""
+    import nbformat
+
+    merged: dict[str, list[str]] = {}
+    for path in dict.fromkeys(map(str, notebooks)):
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception:  # noqa: BLE001 - the job itself says what is wrong with it
+            continue
+        for module, names in notebook_imports(nb):
+            known = merged.setdefault(module, [])
+            known += [n for n in names if n not in known]
+    return [[module, names] for module, names in merged.items()]
 
 
 def notebook_imports(nb: Any) -> list[list]:

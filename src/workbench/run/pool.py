@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from workbench.core.secrets import scrub, secret_values
+from workbench.run import kernels
 from workbench.run.jobs import Job, JobResult, project_relative
 from workbench.run.workers import Pool, work
 
@@ -68,7 +69,8 @@ def run_all(
             for i, job in enumerate(jobs):
                 record(i, work(job))
         else:
-            pool = pool or Pool(min(slots, len(jobs)))
+            imports = kernels.batch_imports(j.notebook for j in jobs)
+            pool = pool or Pool(min(slots, len(jobs)), modules=imports)
             try:
                 for group in groups:
                     pool.run(jobs, group, record)

@@ -1,13 +1,18 @@
 """The template process of forked kernels: ``python -m workbench.run.template ipykernel_launcher
-[MODULE ...]``.
+[--usual] [MODULE ...]``.
 
 A batch worker starts one (``workbench.run.kernels.Template``). It imports what a kernel
-imports while it starts (ipykernel, IPython, debugpy), then the modules it is given and the
-usual heavy ones (numpy, pandas, scikit-learn, matplotlib, mlflow and MLflow's SQL store),
-and forks once per job: the child becomes that job's kernel (its own session, working
-directory, environment and connection file; ``IPKernelApp`` as ``ipykernel_launcher`` would
-start it) without paying the imports again. A request that arrives while it still imports is
-served between two imports (after the kernel's own modules and the notebook's).
+imports while it starts (ipykernel, IPython, debugpy), then the modules it is given (what the
+batch's notebooks import, read from their import cells) and what those libraries import at
+their first call rather than at import (MLflow's SQL store, pyplot), and forks once per job:
+the child becomes that job's kernel (its own session, working directory, environment and
+connection file; ``IPKernelApp`` as ``ipykernel_launcher`` would start it) without paying
+the imports again. A fork waits for those imports (its kernel would need them anyway). A
+template that does not know its notebooks in advance (a Dask worker's; ``--usual``) also
+imports the usual heavy modules (numpy, pandas, scikit-learn, matplotlib, mlflow) while no
+request waits, and a fork it is asked for meanwhile is served between two imports. A batch
+of notebooks that import nothing heavy pays for nothing heavy: an import the template made
+for no job would only take a core from the jobs running.
 
 Protocol: stdin/stdout, one JSON object a line. Requests ``{"op": "fork" | "preload" | "sync",
 "id": n, ...}``; replies ``{"id": n, "pid": p}`` or ``{"id": n, "refused": why}`` (``sync``:
@@ -72,11 +77,13 @@ import os
 import select
 import signal
 import sys
+from typing import Any
 
 from workbench.core import processes
 
-# What a kernel imports while it starts (its debugger pulls in debugpy): imported first, so
-# a forked kernel starts without importing anything.
+# What a kernel imports while it starts (its debugger pulls in debugpy), and the runner's
+# hand-over hook every job imports before its first cell: imported first, so a forked kernel
+# starts without importing anything.
 KERNEL_MODULES = (
     "ipykernel.kernelapp",
     "ipykernel.ipkernel",
@@ -90,9 +97,12 @@ KERNEL_MODULES = (
     "pdb",
     "encodings.ascii",
     "encodings.latin_1",
+    "workbench.tracking.handover",
 )
-# The heavy modules every template imports, after the kernel's (and the batch's own).
-BASE_MODULES = (
+# The usual heavy modules, for a template that does not know its notebooks in advance (a Dask
+# worker's): imported while it waits for jobs, between forks. A batch's template imports
+# what the batch's notebooks import instead (``workbench.run.kernels.batch_imports``).
+USUAL_MODULES = (
     "numpy",
     "pandas",
     "sklearn",
@@ -103,17 +113,23 @@ BASE_MODULES = (
     "mlflow",
     "mlflow.sklearn",
     "workbench.tracking",
-    "workbench.tracking.handover",
-    # what the first MLflow call of a kernel imports (the SQL store alone: 1-2 s)
-    "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.model_registry.sqlalchemy_store",
-    "mlflow.store.tracking.sqlalchemy_workspace_store",
-    "mlflow.tracing.processor.otel",
-    "mlflow.tracing.export",
-    "sqlalchemy.dialects.sqlite",
-    "git",
-    "filelock",
 )
+# What a library imports at its first call rather than at its import: preloaded as soon as
+# the library itself is (MLflow's SQL store alone takes 1-2 s at a notebook's first log call).
+FIRST_CALL_MODULES = {
+    "mlflow": (
+        "mlflow.store.tracking.sqlalchemy_store",
+        "mlflow.store.model_registry.sqlalchemy_store",
+        "mlflow.store.tracking.sqlalchemy_workspace_store",
+        "mlflow.tracing.processor.otel",
+        "mlflow.tracing.export",
+        "sqlalchemy.dialects.sqlite",
+        "git",
+        "filelock",
+    ),
+    "matplotlib": ("matplotlib.pyplot",),
+}
+USUAL_ARG = "--usual"  # argument: import USUAL_MODULES while idle
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 OWNER_ENV = "WORKBENCH_TEMPLATE_OWNER"  # the pid the template dies with
 KERNEL_ARG = "ipykernel_launcher"  # first argument: what the children become
@@ -133,7 +149,7 @@ def _send(fd: int, message: dict) -> None:
 class Server:
     """The template's loop: import, answer requests, fork, reap."""
 
-    def __init__(self, modules: list[list]) -> None:
+    def __init__(self, modules: list[list], usual: bool = False) -> None:
         # The owner's pipes and stderr move to fresh descriptors and 0-2 go to /dev/null: a
         # library that prints while it is imported can neither corrupt the protocol nor
         # reach the owner's terminal. Kernels get the owner's stderr back (or their files).
@@ -148,8 +164,13 @@ class Server:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        self.pending: list[list] = [[m, []] for m in KERNEL_MODULES] + modules
-        self.pending += [[m, []] for m in BASE_MODULES]
+        # Imports still to do: [module, from-names, needed]. A fork waits for the needed ones
+        # (the kernel's, the notebooks', and what those load at first call); the usual ones
+        # are imported while no request waits.
+        self.pending: list[list] = [[m, [], True] for m in KERNEL_MODULES]
+        self.pending += [[m, list(names), True] for m, names in modules]
+        self.pending += [[m, [], False] for m in USUAL_MODULES] if usual else []
+        self.expanded: set[str] = set()  # libraries whose FIRST_CALL_MODULES are queued
         self.children: set[int] = set()
         self.buffer = b""
         self.fresh_tops: set[str] = set()  # top-level modules a fresh kernel would not have
@@ -159,19 +180,29 @@ class Server:
     # -------------------------------------------------------------- imports
 
     def import_next(self) -> None:
-        name, names = self.pending.pop(0)
+        name, names, needed = self.pending.pop(0)
         _import(name, names)
         if self.baseline is None and name == KERNEL_MODULES[-1]:
             self.baseline = _tops()
         if self.baseline is not None:
             self.fresh_tops = _tops() - self.baseline
+        for library, extra in FIRST_CALL_MODULES.items():
+            if library in sys.modules and library not in self.expanded:
+                self.expanded.add(library)
+                self.pending[0:0] = [[m, [], needed] for m in extra]
 
     def preload(self, modules: list[list]) -> None:
-        """Import ``modules`` now (the kernel's own first, if still pending)."""
+        """Import ``modules`` now (the kernel's own first, if still pending), and what they
+        load at first call."""
         while self.pending and self.pending[0][0] in KERNEL_MODULES:
             self.import_next()
-        for item in modules:
-            self.pending.insert(0, item)
+        self.pending[0:0] = [[m, list(names), True] for m, names in modules]
+        self.import_needed()
+
+    def import_needed(self) -> None:
+        """Every import a job waits for (the usual ones stay pending)."""
+        while any(needed for _, _, needed in self.pending):
+            self.pending.sort(key=lambda item: not item[2])  # stable: needed ones first
             self.import_next()
 
     # -------------------------------------------------------------- serving
@@ -207,7 +238,7 @@ class Server:
 
     def handle(self, req: dict) -> dict | None:
         """Answer one request; in a forked child, return the request."""
-        self.preload(req.get("modules", []))
+        self.preload(req.get("modules", []))  # and every needed import before a fork
         if req.get("op") == "preload":
             return None
         if req.get("op") == "sync":  # answered once every pending import is done
@@ -381,8 +412,25 @@ def become_kernel(req: dict) -> int:
     # ipykernel read JPY_PARENT_PID when the template imported it: name the parent here,
     # so the kernel exits if the template dies (as a fresh kernel does with its launcher).
     IPKernelApp.launch_instance(argv=list(req["argv"]), parent_handle=os.getppid())
+    _stop_message_threads(IPKernelApp.instance())
     _exit_quickly(0)
     return 0
+
+
+def _stop_message_threads(app: Any) -> None:
+    """Stop the kernel's control and shell threads while its IOPub thread still runs.
+
+    ipykernel 7's ``IPKernelApp.close`` stops IOPub first and then joins the control thread;
+    when the control thread is still finishing the shutdown request (it flushes stdout and
+    stderr through IOPub afterwards) that flush waits for a thread that is gone, and the
+    kernel hangs until jupyter_client kills it 2.5 s later (measured here: one shutdown in
+    five). Stopped in this order the flush goes through and ``close`` finds them done.
+    """
+    for name in ("control_thread", "shell_channel_thread"):
+        thread = getattr(app, name, None)
+        if thread is not None and thread.is_alive():
+            thread.stop()
+            thread.join(timeout=2.0)
 
 
 def _exit_quickly(code: int) -> None:
@@ -478,8 +526,8 @@ def main(argv: list[str]) -> int:
     if sys.path and os.path.realpath(sys.path[0] or ".") == os.path.realpath(os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher does: nothing from the template's directory
     gc.disable()  # imports only: the collector would just slow them down
-    modules = [json.loads(a) for a in argv if a != KERNEL_ARG]
-    server = Server(modules)
+    modules = [json.loads(a) for a in argv if a not in (KERNEL_ARG, USUAL_ARG)]
+    server = Server(modules, usual=USUAL_ARG in argv)
     try:
         req = server.serve()
     except Exception:  # the owner sees the pipe close and starts fresh kernels instead

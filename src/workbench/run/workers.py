@@ -63,13 +63,14 @@ def not_started(job: Job, stop: signals.Terminated) -> JobResult:
     return JobResult(job, "KILLED", reason=f"not started: {stop.reason}")
 
 
-def worker_main(conn: Any) -> None:
-    """A worker's life: run the jobs it is given, one at a time, until told to quit."""
+def worker_main(conn: Any, modules: list[list] | None = None) -> None:
+    """A worker's life: run the jobs it is given, one at a time, until told to quit.
+    ``modules``: what the batch's notebooks import, for its kernel template."""
     parent = os.getppid()
     # The batch command killed outright: SIGTERM ends a job in flight KILLED (signals), and
     # an idle worker sees its parent gone below (siblings hold the pipe open: no EOF comes).
     processes.die_with_parent(parent, signal.SIGTERM)
-    _worker_init()
+    _worker_init(modules)
     with signals.handled():
         while signals.stopping() is None:
             try:
@@ -104,7 +105,7 @@ def _tell(conn: Any, message: tuple) -> bool:
         return False
 
 
-def _worker_init() -> None:
+def _worker_init(modules: list[list] | None) -> None:
     import gc
     import logging
 
@@ -112,9 +113,9 @@ def _worker_init() -> None:
     startup.skip_slow_imports()
     forget_inherited_connections()
     logging.getLogger("papermill").setLevel(logging.ERROR)
-    # The template this worker forks its kernels from (run.kernels): it imports while the
-    # parent opens the store, and dies with this worker.
-    kernels.start_template()
+    # The template this worker forks its kernels from (run.kernels): it imports what the
+    # batch's notebooks import while the parent opens the store, and dies with this worker.
+    kernels.start_template(modules)
 
 
 def forget_inherited_connections() -> None:
@@ -150,9 +151,9 @@ def _preload() -> None:
     from workbench import tracking  # noqa: F401
 
 
-def _start(ctx: Any) -> _Worker:
+def _start(ctx: Any, modules: list[list] | None) -> _Worker:
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=worker_main, args=(child,), name="workbench-batch-worker")
+    proc = ctx.Process(target=worker_main, args=(child, modules), name="workbench-batch-worker")
     proc.daemon = True  # an abnormal exit of the parent SIGTERMs it (it ends its run)
     proc.start()
     child.close()
@@ -168,7 +169,9 @@ def _death(code: int | None) -> str:
 class Pool:
     """N worker processes that run groups of jobs and survive a worker's death."""
 
-    def __init__(self, workers: int, fork: bool = True):
+    def __init__(self, workers: int, fork: bool = True, modules: list[list] | None = None):
+        """``modules``: what the jobs' notebooks import (``kernels.batch_imports``), for the
+        workers' kernel templates; None: not known, the templates import the usual ones."""
         import gc
         import multiprocessing
         import threading
@@ -183,7 +186,8 @@ class Pool:
             # (and off their memory pages, which the forked workers then share unchanged).
             gc.freeze()
         ctx = multiprocessing.get_context("fork" if fork else "spawn")
-        self.workers = [_start(ctx) for _ in range(workers)]
+        self.modules = modules
+        self.workers = [_start(ctx, modules) for _ in range(workers)]
         self._stop_at: float | None = None
 
     def run(self, jobs: list[Job], todo: list[int], record: Record) -> None:
@@ -257,7 +261,7 @@ class Pool:
         with contextlib.suppress(OSError):
             w.conn.close()
         if signals.stopping() is None:
-            self.workers.append(_start(multiprocessing.get_context("spawn")))
+            self.workers.append(_start(multiprocessing.get_context("spawn"), self.modules))
 
     def _forward(self, stop: signals.Terminated) -> None:
         """Pass the signal on to the busy workers; kill those that outlive the grace."""

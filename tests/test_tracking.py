@@ -133,12 +133,12 @@ def test_runs_a_notebook_starts_carry_the_notebooks_path(
 def test_git_state_in_one_call_says_what_three_calls_said(tmp_path):
     import subprocess
 
-    from workbench.tracking import runs
+    from workbench.tracking import git as runs_git
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
 
-    assert tracking.git_state() == runs._git_state_by_parts(".")  # the project checkout
+    assert tracking.git_state() == runs_git._git_state_by_parts(".")  # the project checkout
     git("init", "-q")
     assert tracking.git_state(tmp_path) == tracking.GitState(None, None, None), "no commit yet"
     (tmp_path / "a.txt").write_text("a")
@@ -146,11 +146,11 @@ def test_git_state_in_one_call_says_what_three_calls_said(tmp_path):
     git("-c", "user.email=a@b.c", "-c", "user.name=n", "commit", "-qm", "first")
     (tmp_path / "b.txt").write_text("untracked files do not make a checkout dirty")
     clean = tracking.git_state(tmp_path)
-    assert clean.dirty is False and clean == runs._git_state_by_parts(str(tmp_path))
+    assert clean.dirty is False and clean == runs_git._git_state_by_parts(str(tmp_path))
     (tmp_path / "a.txt").write_text("changed")
     git("checkout", "-q", "--detach")
     detached = tracking.git_state(tmp_path)
-    assert detached == runs._git_state_by_parts(str(tmp_path))
+    assert detached == runs_git._git_state_by_parts(str(tmp_path))
     assert (detached.branch, detached.dirty) == ("HEAD", True)
 
 
@@ -168,7 +168,9 @@ def test_params_and_dataset_profile_go_in_one_batch_and_a_clash_is_still_refused
     assert params["n_rows"] == "300" and params["lr"] == "0.1" and params["dataset"] == ds.name
     with (
         pytest.raises(MlflowException, match="n_rows"),
-        tracking.start_run(experiment_name, algorithm="gbm", params={"n_rows": 5}, dataset=ds),
+        tracking.start_run(
+            experiment_name, algorithm="gbm", params={"n_rows": 5}, dataset=ds
+        ) as refused,
     ):
         pass
-    mlflow.end_run("FAILED")  # the run the refused call had started
+    assert mlflow.get_run(refused.run_id).info.status == "FAILED"

@@ -292,8 +292,9 @@ def make_pipeline(estimator, X: pd.DataFrame) -> Pipeline:
     return Pipeline([("preprocess", make_preprocessor(X)), ("model", estimator)])
 
 
-def log_input(ds: Dataset, context: str = "training") -> None:
-    """Log the dataset as an MLflow dataset input of the active run, and tag its fingerprint."""
+def log_input(ds: Dataset, context: str = "training", *, run_id: str | None = None) -> None:
+    """Log the dataset as an MLflow dataset input of the active run (or of ``run_id``, from
+    any thread), and tag its fingerprint."""
     import warnings
 
     import mlflow
@@ -313,5 +314,28 @@ def log_input(ds: Dataset, context: str = "training") -> None:
         # MLflow infers the schema by looking at every value of every column (seconds for a
         # large table); the first rows give the same column types in a fraction of the time.
         mlflow_compat.set_dataset_schema(mlflow_ds, ds.frame.head(SCHEMA_SAMPLE_ROWS))
-        mlflow.log_input(mlflow_ds, context=context)
-    mlflow.set_tag("workbench.dataset.fingerprint", ds.fingerprint)
+        if run_id is None:
+            mlflow.log_input(mlflow_ds, context=context)
+            mlflow.set_tag("workbench.dataset.fingerprint", ds.fingerprint)
+            return
+        client = mlflow.MlflowClient()
+        client.log_inputs(run_id, datasets=[_dataset_input(mlflow_ds, context)])
+        client.set_tag(run_id, "workbench.dataset.fingerprint", ds.fingerprint)
+
+
+def _dataset_input(mlflow_ds, context: str):
+    """What ``mlflow.log_input(mlflow_ds, context=context)`` logs, for a named run."""
+    from mlflow.entities import Dataset as DatasetEntity
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    fields = mlflow_ds.to_dict()
+    entity = DatasetEntity(
+        name=fields["name"],
+        digest=fields["digest"],
+        source_type=fields["source_type"],
+        source=fields["source"],
+        schema=fields.get("schema"),
+        profile=fields.get("profile"),
+    )
+    return DatasetInput(dataset=entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])

@@ -21,6 +21,13 @@ import pandas as pd
 from workbench.core import collector
 
 
+def _settle() -> None:
+    """Wait for the current run's background work (``tracking.runs.settle``)."""
+    from workbench.tracking.runs import settle
+
+    settle()
+
+
 def classification_metrics(y_true, y_pred, y_prob) -> dict[str, float]:
     """The canonical binary classification metrics (unprefixed)."""
     from sklearn import metrics as m
@@ -124,6 +131,8 @@ def evaluate_classifier(
     Returns the metrics with ``prefix`` applied (e.g. ``val_roc_auc``).
     """
     y_true = np.asarray(y).astype(int)
+    if log:
+        _settle()
     y_prob = model.predict_proba(X)[:, 1]
     y_pred = (y_prob >= threshold).astype(int)
     metrics = {prefix + k: v for k, v in classification_metrics(y_true, y_pred, y_prob).items()}
@@ -280,6 +289,7 @@ def log_learning_curves(
     """
     import mlflow
 
+    _settle()
     head, estimator = _staged_estimator(model)
     X_train, y_train = _sample_rows(X_train, y_train, train_rows)
     table = _curves(head, estimator, (("train", X_train, y_train), ("val", X_val, y_val)), every)
@@ -327,7 +337,7 @@ def _log_points(table: pd.DataFrame, max_points: int | None) -> None:
     plus the last, so each curve stays within ``max_points`` points."""
     import math
 
-    from workbench.tracking.runs import StepLogger
+    from workbench.tracking.steps import StepLogger
 
     stride = math.ceil((len(table) - 1) / max(max_points - 1, 1)) if max_points else 1
     stride = max(stride, 1)

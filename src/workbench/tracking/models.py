@@ -204,6 +204,9 @@ def log_model(
     import mlflow
     from mlflow.models import infer_signature
 
+    from workbench.tracking.runs import settle
+
+    settle()  # MLflow copies the run's params to the logged model: they must all be there
     example = input_example.head(5)
     # The signature comes from more rows than the example shows, so that a column with the
     # odd missing value is marked optional rather than required.

@@ -4,10 +4,12 @@
 notebook execution (its id arrives in ``$WORKBENCH_RUN_ID``). Either way the run is named
 ``<algorithm>-<key params>-<date>``, tagged with git state, the notebook path, the dataset
 fingerprint and the parameters file, and a run whose code raises ends FAILED, never RUNNING
-or FINISHED. In the runner's case the runner owns the ending; here we only log.
+or FINISHED. In the runner's case the runner owns the ending; here we only log. The
+params and the dataset are logged on a thread while the notebook trains
+(``tracking.background``); the run waits for them before it is read and at its end.
 
-``StepLogger`` buffers per-step metrics and writes them with ``log_batch`` (at most 1,000
-metrics a call): a 1,000-step curve costs one or two requests instead of a thousand.
+``StepLogger`` (``tracking.steps``, re-exported here) buffers per-step metrics and writes
+them with ``log_batch``: a 1,000-step curve costs one or two requests instead of a thousand.
 
 Example::
 
@@ -21,20 +23,22 @@ from __future__ import annotations
 
 import atexit
 import datetime as _dt
-import math
 import os
 import re
-import subprocess
-import time
-import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.core import store
-from workbench.core.config import get_settings
 from workbench.core.secrets import REDACTED, is_secret, redact  # noqa: F401  (re-exported)
+from workbench.tracking.background import Pending
+from workbench.tracking.git import GitState, git_state  # noqa: F401  (re-exported)
+from workbench.tracking.steps import (  # noqa: F401  (re-exported)
+    CANONICAL_METRICS,
+    MAX_BATCH,
+    StepLogger,
+    canonical_metric,
+    flush_all,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -44,33 +48,7 @@ if TYPE_CHECKING:
 RUN_ID_ENV = "WORKBENCH_RUN_ID"
 NOTEBOOK_ENV = "WORKBENCH_NOTEBOOK"
 PARAMS_FILE_ENV = "WORKBENCH_PARAMS_FILE"
-MAX_BATCH = 1000  # MLflow's limit of metrics in one log_batch call
 MAX_PARAMS = 100  # and of params
-
-# Canonical metric names, and the spellings people (and the article) use for them.
-CANONICAL_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss")
-_ALIASES = {
-    "acc": "accuracy",
-    "f1_score": "f1",
-    "auc": "roc_auc",
-    "auc_roc": "roc_auc",
-    "rocauc": "roc_auc",
-    "average_precision": "pr_auc",
-    "auc_pr": "pr_auc",
-    "logloss": "log_loss",
-    "cross_entropy": "log_loss",
-}
-
-
-def canonical_metric(name: str) -> str:
-    """Map a metric spelling to the workbench's canonical name, keeping any prefix:
-    ``val_auc_roc`` -> ``val_roc_auc``; unknown names come back unchanged."""
-    for prefix in ("", "train_", "val_", "test_", "cv_"):
-        if name.startswith(prefix):
-            rest = name[len(prefix) :]
-            if rest in _ALIASES:
-                return prefix + _ALIASES[rest]
-    return name
 
 
 def run_name(
@@ -83,57 +61,6 @@ def run_name(
         parts.append(f"{k}{v}")
     parts.append((when or _dt.date.today()).strftime("%Y%m%d"))
     return re.sub(r"\s+", "", "-".join(parts))
-
-
-@dataclass(frozen=True)
-class GitState:
-    commit: str | None
-    branch: str | None
-    dirty: bool | None
-
-
-def git_state(path: Path | None = None) -> GitState:
-    """Commit, branch and dirty flag of the repository holding ``path`` (None outside git).
-
-    One ``git status --porcelain=v2 --branch`` answers all three (a process start costs a
-    few milliseconds; three of them were a tenth of ``start_run``).
-    """
-    cwd = str(path or get_settings().project_dir)
-    out = _git(cwd, "status", "--porcelain=v2", "--branch", "--untracked-files=no")
-    if out is None:
-        return GitState(None, None, None)
-    header = dict(line[2:].split(" ", 1) for line in out.splitlines() if line.startswith("# "))
-    commit = header.get("branch.oid")
-    if commit is None:  # a git without porcelain v2 headers
-        return _git_state_by_parts(cwd)
-    if commit == "(initial)":  # no commit yet
-        return GitState(None, None, None)
-    branch = header.get("branch.head", "")
-    return GitState(
-        commit,
-        "HEAD" if branch == "(detached)" else branch,  # what rev-parse --abbrev-ref says
-        any(not line.startswith("#") for line in out.splitlines()),
-    )
-
-
-def _git(cwd: str, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _git_state_by_parts(cwd: str) -> GitState:
-    commit = _git(cwd, "rev-parse", "HEAD")
-    if commit is None:
-        return GitState(None, None, None)
-    status = _git(cwd, "status", "--porcelain", "--untracked-files=no")
-    return GitState(
-        commit,
-        _git(cwd, "rev-parse", "--abbrev-ref", "HEAD"),
-        bool(status) if status is not None else None,
-    )
 
 
 def notebook_path() -> str | None:
@@ -168,18 +95,21 @@ def standard_tags(dataset: Dataset | None = None) -> dict[str, str]:
     return tags
 
 
-def log_params(params: Mapping[str, Any]) -> None:
-    """Log parameters to the active run in batches, secrets redacted, values stringified."""
+def log_params(params: Mapping[str, Any], *, run_id: str | None = None) -> None:
+    """Log parameters to the active run (or ``run_id``) in batches, secrets redacted,
+    values stringified."""
     import mlflow
     from mlflow.entities import Param
 
-    run = mlflow.active_run()
-    if run is None:
-        raise RuntimeError("no active run: call workbench.tracking.start_run(...) first")
+    if run_id is None:
+        run = mlflow.active_run()
+        if run is None:
+            raise RuntimeError("no active run: call workbench.tracking.start_run(...) first")
+        run_id = run.info.run_id
     items = [Param(k, _param_value(v)) for k, v in redact(params).items()]
     client = mlflow.MlflowClient()
     for i in range(0, len(items), MAX_PARAMS):
-        client.log_batch(run.info.run_id, params=items[i : i + MAX_PARAMS])
+        client.log_batch(run_id, params=items[i : i + MAX_PARAMS])
 
 
 def _param_value(v: Any) -> str:
@@ -201,19 +131,33 @@ class RunHandle:
 
     ``owned`` is False when the workbench runner created the run: then the runner decides
     its final status (it sees timeouts and dead kernels, which the notebook cannot).
+    Work started for the run on other threads (``tracking.background``) is waited for by
+    ``settle()``: before ``run`` is read, by the helpers that log into the run, and at the
+    end; its error is raised there, after a run we own has ended FAILED.
     """
 
     def __init__(self, run: Run, owned: bool):
-        self.run = run
+        self._run = run
         self.owned = owned
+        self._pending: list[Pending] = []
+
+    @property
+    def run(self) -> Run:
+        """The run as the store has it, once the work started for it is done."""
+        self.settle()
+        return self._run
+
+    @run.setter
+    def run(self, run: Run) -> None:
+        self._run = run
 
     @property
     def run_id(self) -> str:
-        return self.run.info.run_id
+        return self._run.info.run_id
 
     @property
     def experiment_id(self) -> str:
-        return self.run.info.experiment_id
+        return self._run.info.experiment_id
 
     @property
     def url(self) -> str:
@@ -221,11 +165,30 @@ class RunHandle:
 
         return run_url(self.experiment_id, self.run_id)
 
+    def settle(self) -> None:
+        """Wait for the work started for this run on other threads. If it raised, end the run
+        FAILED (when we own it) and raise that error here."""
+        while self._pending:
+            try:
+                self._pending.pop(0).wait()
+            except BaseException:
+                for other in self._pending:  # nothing may still write once the run has ended
+                    other.wait_quietly()
+                self._pending.clear()
+                self._finish("FAILED")
+                raise
+
     def end(self, status: str = "FINISHED") -> None:
-        """End the run (no-op for a runner-owned run: the runner ends it)."""
+        """End the run (no-op for a runner-owned run: the runner ends it), once the work
+        started for it is done; if that work failed, the run ends FAILED and its error is
+        raised."""
+        flush_all()
+        self.settle()
+        self._finish(status)
+
+    def _finish(self, status: str) -> None:
         import mlflow
 
-        _flush_all()
         active = mlflow.active_run()
         if self.owned and active is not None and active.info.run_id == self.run_id:
             mlflow.end_run(status=status)
@@ -234,10 +197,18 @@ class RunHandle:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.end("FAILED" if exc_type is not None else "FINISHED")
+        if exc_type is None:
+            self.end("FINISHED")
+            return
+        try:
+            self.settle()
+        except Exception as also:  # noqa: BLE001 - the body's error is the one raised
+            exc.add_note(f"workbench: the run's background work failed too: {also!r}")
+        self.end("FAILED")
 
     def __repr__(self) -> str:
-        return f"RunHandle(run_id={self.run_id!r}, name={self.run.info.run_name!r}, owned={self.owned})"
+        name = self._run.info.run_name
+        return f"RunHandle(run_id={self.run_id!r}, name={name!r}, owned={self.owned})"
 
 
 _current: RunHandle | None = None
@@ -290,16 +261,36 @@ def start_run(
     # land in this run's experiment, not in Default. Setting an existing id creates nothing,
     # so it is safe from parallel processes (unlike set_experiment by a new name).
     mlflow.set_experiment(experiment_id=handle.experiment_id)
-    mlflow.set_tags(all_tags)
-    for batch in _one_batch(params or {}, dataset.profile() if dataset is not None else {}):
-        log_params(batch)
+    mlflow.set_tags(all_tags)  # here: a notebook reads the tags back at once
+    handle._pending.append(
+        Pending(
+            lambda: _log_start(handle, params or {}, dataset),
+            f"start_run logged the params and dataset of run {handle.run_id}",
+        )
+    )
+    _current = handle
+    return handle
+
+
+def _log_start(handle: RunHandle, params: Mapping[str, Any], dataset: Dataset | None) -> None:
+    """Params, dataset profile and input of a run just started (on a background thread:
+    MLflow's active run is per thread, so everything names the run)."""
+    import mlflow
+
+    for batch in _one_batch(params, dataset.profile() if dataset is not None else {}):
+        log_params(batch, run_id=handle.run_id)
     if dataset is not None:
         from workbench.tracking.data import log_input
 
-        log_input(dataset)
-    handle.run = mlflow.get_run(handle.run_id)
-    _current = handle
-    return handle
+        log_input(dataset, run_id=handle.run_id)
+    handle.run = mlflow.MlflowClient().get_run(handle.run_id)
+
+
+def settle() -> None:
+    """Wait for the background work of the current run (raise its error): the helpers that
+    log into a run call this first, so that the run they read and extend is complete."""
+    if _current is not None:
+        _current.settle()
 
 
 def end_run(status: str = "FINISHED") -> None:
@@ -328,76 +319,26 @@ def _watch_ipython_errors() -> None:
 
             active = mlflow.active_run()
             if active is not None and active.info.run_id == _current.run_id:
-                _current.end("FAILED")
+                try:
+                    _current.end("FAILED")
+                except Exception as also:  # noqa: BLE001 - the cell's error is already shown
+                    print(f"workbench: the run's background work failed too: {also!r}")
                 print(f"workbench: run {_current.run_id} ended FAILED because the cell raised.")
 
     ip.events.register("post_run_cell", on_post_run_cell)
     _ipython_hooked = True
 
 
-# ---------------------------------------------------------------- buffered step metrics
+def _at_exit() -> None:
+    """Flush step metrics; wait for the current run's background work, so that an error
+    there ends the run FAILED and is printed rather than lost."""
+    flush_all()
+    try:
+        settle()
+    except Exception:  # noqa: BLE001 - nothing is left to raise it to at exit
+        import traceback
 
-_open_loggers: weakref.WeakSet[StepLogger] = weakref.WeakSet()
+        traceback.print_exc()
 
 
-def _flush_all() -> None:
-    for logger in list(_open_loggers):
-        logger.flush()
-
-
-atexit.register(_flush_all)
-
-
-class StepLogger:
-    """Buffer step metrics and write them with ``log_batch``, 1,000 at a time.
-
-    Flushes when the buffer is full, on ``flush()``, on leaving a ``with`` block (also on
-    error, so nothing logged before a crash is lost), when the run ends, and at exit.
-
-    Example::
-
-        with StepLogger() as steps:          # the active run, or StepLogger(run_id=...)
-            for step, (tr, va) in enumerate(zip(train_acc, val_acc)):
-                steps.log(step, train_accuracy=tr, val_accuracy=va)
-    """
-
-    def __init__(self, run_id: str | None = None, *, buffer_size: int = MAX_BATCH, client=None):
-        import mlflow
-
-        if run_id is None:
-            active = mlflow.active_run()
-            if active is None:
-                raise RuntimeError("StepLogger needs a run: start one first or pass run_id=")
-            run_id = active.info.run_id
-        self.run_id = run_id
-        self.buffer_size = max(1, min(buffer_size, MAX_BATCH))
-        self._client = client or mlflow.MlflowClient()
-        self._buffer: list = []
-        self.logged = 0
-        _open_loggers.add(self)
-
-    def log(self, step: int, /, **metrics: float) -> None:
-        """Record metric values at ``step``; non-finite values are skipped."""
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        for key, value in metrics.items():
-            value = float(value)
-            if math.isfinite(value):
-                self._buffer.append(Metric(canonical_metric(key), value, ts, int(step)))
-        if len(self._buffer) >= self.buffer_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write what is buffered (in calls of at most 1,000 metrics)."""
-        while self._buffer:
-            chunk, self._buffer = self._buffer[: self.buffer_size], self._buffer[self.buffer_size :]
-            self._client.log_batch(self.run_id, metrics=chunk, synchronous=True)
-            self.logged += len(chunk)
-
-    def __enter__(self) -> StepLogger:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.flush()
-        _open_loggers.discard(self)
+atexit.register(_at_exit)

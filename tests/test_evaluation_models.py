@@ -317,3 +317,44 @@ def test_evaluation_figures_leave_nothing_in_the_old_generation(
     for _ in range(3):
         evaluation._figure_pngs(y_true, y_pred, y_prob, " (val)")
     assert len(gc.get_objects(generation=2)) - before < 500
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # one class only: sklearn says so for AUCs
+def test_counted_metrics_are_scikit_learns_to_the_last_bit():
+    from sklearn import metrics as m
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    for y_pred in (rng.integers(0, 2, 500), np.zeros(500, int), np.ones(500, int), y, 1 - y):
+        got = evaluation.classification_metrics(y, y_pred, rng.random(500))
+        assert got["accuracy"] == m.accuracy_score(y, y_pred)
+        assert got["precision"] == m.precision_score(y, y_pred, zero_division=0)
+        assert got["recall"] == m.recall_score(y, y_pred, zero_division=0)
+        assert got["f1"] == m.f1_score(y, y_pred, zero_division=0)
+    none_positive = evaluation.classification_metrics(np.zeros(4, int), np.zeros(4, int), [0.1] * 4)
+    assert none_positive["recall"] == 0.0 and none_positive["f1"] == 0.0
+
+
+def test_evaluation_reuses_the_curves_last_stage_only_while_it_holds(tracking_uri, experiment_name):
+    split = load_dataset("churn", seed=6, n_rows=900).split(seed=6)
+    pipe = make_pipeline(GradientBoostingClassifier(n_estimators=25, random_state=6), split.X_train)
+    pipe.fit(split.X_train, split.y_train)
+    X_val = split.X_val.copy()
+    with tracking.start_run(experiment_name, algorithm="gbm"):
+        plain = evaluation.evaluate_classifier(pipe, X_val, split.y_val, artifacts=False)
+        evaluation.log_learning_curves(pipe, split.X_train, split.y_train, X_val, split.y_val)
+        remembered = evaluation.remembered_proba(pipe, X_val)
+        np.testing.assert_array_equal(remembered, pipe.predict_proba(X_val)[:, 1])
+        assert evaluation.evaluate_classifier(pipe, X_val, split.y_val, artifacts=False) == plain
+        assert evaluation.remembered_proba(pipe, X_val.copy()) is None, "other rows"
+        X_val.iloc[0, 0] = X_val.iloc[1, 0]
+        assert evaluation.remembered_proba(pipe, X_val) is None, "rows changed in place"
+        evaluation.log_learning_curves(pipe, split.X_train, split.y_train, X_val, split.y_val)
+        pipe[-1].set_params(warm_start=True, n_estimators=30).fit(
+            pipe[:-1].transform(split.X_train), split.y_train
+        )
+        assert evaluation.remembered_proba(pipe, X_val) is None, "more stages since"
+        evaluation.log_learning_curves(
+            pipe, split.X_train, split.y_train, X_val, split.y_val, every=4
+        )
+        assert evaluation.remembered_proba(pipe, X_val) is None, "30 stages: 28 is the last kept"

@@ -3,7 +3,8 @@
 ``evaluate_classifier(model, X, y)`` computes accuracy, precision, recall, f1, roc_auc,
 pr_auc and log_loss, and logs to the active run: the metrics (with a prefix such as
 ``val_``), a confusion matrix figure, ROC and precision-recall curves, the classification
-report as text and the feature importances as a CSV table.
+report as text and the feature importances as a CSV table. ``log_learning_curves``
+(``tracking.curves``) is re-exported here.
 
 Example::
 
@@ -19,6 +20,11 @@ import numpy as np
 import pandas as pd
 
 from workbench.core import collector
+from workbench.tracking.curves import (  # noqa: F401  (re-exported: notebooks use evaluation.*)
+    log_learning_curves,
+    remembered_proba,
+    staged_positive_proba,
+)
 
 
 def _settle() -> None:
@@ -34,13 +40,35 @@ def classification_metrics(y_true, y_pred, y_prob) -> dict[str, float]:
 
     y_prob = np.clip(np.asarray(y_prob, dtype=float), 1e-15, 1 - 1e-15)
     return {
-        "accuracy": float(m.accuracy_score(y_true, y_pred)),
-        "precision": float(m.precision_score(y_true, y_pred, zero_division=0)),
-        "recall": float(m.recall_score(y_true, y_pred, zero_division=0)),
-        "f1": float(m.f1_score(y_true, y_pred, zero_division=0)),
+        **_counted(y_true, y_pred),
         "roc_auc": float(m.roc_auc_score(y_true, y_prob)),
         "pr_auc": float(m.average_precision_score(y_true, y_prob)),
         "log_loss": float(m.log_loss(y_true, y_prob, labels=[0, 1])),
+    }
+
+
+def _counted(y_true, y_pred) -> dict[str, float]:
+    """Accuracy, precision, recall and f1 (0 where undefined) from the confusion counts of
+    0/1 labels: the divisions scikit-learn makes, without validating and counting the labels
+    four times over. Other labels go to scikit-learn."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if not all(np.isin(y, (0, 1)).all() for y in (y_true, y_pred)) or len(y_true) != len(y_pred):
+        from sklearn import metrics as m
+
+        return {
+            "accuracy": float(m.accuracy_score(y_true, y_pred)),
+            "precision": float(m.precision_score(y_true, y_pred, zero_division=0)),
+            "recall": float(m.recall_score(y_true, y_pred, zero_division=0)),
+            "f1": float(m.f1_score(y_true, y_pred, zero_division=0)),
+        }
+    positive, predicted = y_true == 1, y_pred == 1
+    tp = int(np.count_nonzero(positive & predicted))
+    fp, fn = int(np.count_nonzero(predicted)) - tp, int(np.count_nonzero(positive)) - tp
+    return {
+        "accuracy": float(np.mean(positive == predicted)),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
     }
 
 
@@ -133,7 +161,9 @@ def evaluate_classifier(
     y_true = np.asarray(y).astype(int)
     if log:
         _settle()
-    y_prob = model.predict_proba(X)[:, 1]
+    y_prob = remembered_proba(model, X)  # the learning curves' last stage on these rows
+    if y_prob is None:
+        y_prob = model.predict_proba(X)[:, 1]
     y_pred = (y_prob >= threshold).astype(int)
     metrics = {prefix + k: v for k, v in classification_metrics(y_true, y_pred, y_prob).items()}
     if not log:
@@ -190,158 +220,3 @@ def _figure_pngs(y_true, y_pred, y_prob, title: str) -> tuple[bytes, bytes]:
             figure.savefig(buffer, format="png")
             pngs.append(buffer.getvalue())
     return pngs[0], pngs[1]
-
-
-def _log_odds_model(estimator) -> bool:
-    """A binary scikit-learn gradient-boosting model with the log-loss: its decision
-    function is the log-odds of the positive class."""
-    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
-
-    return (
-        isinstance(estimator, GradientBoostingClassifier | HistGradientBoostingClassifier)
-        and getattr(estimator, "loss", None) == "log_loss"
-        and len(getattr(estimator, "classes_", ())) == 2
-    )
-
-
-def _staged_log_odds(estimator, X, every: int) -> np.ndarray:
-    """Stages x rows: the log-odds after each kept boosting stage (a log-odds model)."""
-    from itertools import islice
-
-    stages = islice(estimator.staged_decision_function(X), 0, None, every)
-    return np.stack([s.ravel() for s in stages])
-
-
-def staged_positive_proba(estimator, X, every: int = 1) -> np.ndarray:
-    """Stages x rows: the positive class's probability after each boosting stage.
-
-    A binary scikit-learn gradient-boosting model with the log-loss has the log-odds as its
-    decision function: stacking the stages' decision values and applying the logistic
-    function once gives exactly ``staged_predict_proba``, without building a two-column
-    probability array per stage (a third of the time on 400 stages). Any other model goes
-    through its own ``staged_predict_proba``.
-    """
-    from itertools import islice
-
-    if _log_odds_model(estimator):
-        from scipy.special import expit
-
-        return expit(_staged_log_odds(estimator, X, every))
-    stages = islice(estimator.staged_predict_proba(X), 0, None, every)  # only kept stages
-    return np.stack([s[:, 1] for s in stages])
-
-
-# log(1/eps - 1) for eps = 1e-15: a probability clipped to [eps, 1 - eps], as log-odds
-_MAX_LOG_ODDS = 34.538776394910684
-
-
-def _staged_scores(estimator, X, y: np.ndarray, every: int) -> tuple[np.ndarray, np.ndarray]:
-    """Accuracy and log-loss after each kept stage (stages x rows scored at once).
-
-    For a log-odds model, both come from the log-odds ``z`` without probabilities: a row
-    is predicted positive when ``z >= 0`` (the model's own ``predict``), and its loss is
-    ``log(1 + exp(-z))`` when positive, ``log(1 + exp(z))`` when negative, with ``z``
-    clipped as a probability is clipped to [1e-15, 1 - 1e-15]. Computed in place on one
-    array: two transcendental passes instead of four, no temporary of the array's size.
-    """
-    positive = y == 1
-    if not _log_odds_model(estimator):
-        p = staged_positive_proba(estimator, X, every)
-        accuracy = ((p >= 0.5) == positive).mean(axis=1)
-        p = np.clip(p, 1e-15, 1 - 1e-15)
-        return accuracy, -np.where(positive, np.log(p), np.log1p(-p)).mean(axis=1)
-    m = _staged_log_odds(estimator, X, every)
-    m *= np.where(positive, -1.0, 1.0)  # m = -z for positives, z for negatives
-    accuracy = ((m < 0) | ((m == 0) & positive)).mean(axis=1)  # z >= 0 predicts positive
-    np.clip(m, -_MAX_LOG_ODDS, _MAX_LOG_ODDS, out=m)
-    np.exp(m, out=m)
-    np.log1p(m, out=m)
-    return accuracy, m.mean(axis=1)
-
-
-def log_learning_curves(
-    model,
-    X_train,
-    y_train,
-    X_val,
-    y_val,
-    *,
-    every: int = 1,
-    train_rows: int | None = 5000,
-    max_points: int | None = 320,
-) -> pd.DataFrame:
-    """Log train/validation accuracy and log-loss after each boosting stage as step metrics
-    named ``learning/<metric>`` (the MLflow UI groups them; final metrics keep plain names).
-
-    Works for pipelines ending in an estimator with ``staged_predict_proba`` (gradient
-    boosting). The preprocessing runs once, every stage's probabilities are stacked into one
-    array and scored in a few vectorised operations, and the points go out through a
-    buffered ``StepLogger`` (one ``log_batch`` per 1,000 values instead of a request per
-    step).
-
-    - The training curve is traced on a fixed random sample of ``train_rows`` training rows
-      (``None``: all of them): the same curve at a fraction of the cost. The validation
-      curve always uses every row.
-    - MLflow's charts draw 320 points of a metric, so a longer model logs every k-th stage
-      (and always the last) to keep each curve within ``max_points`` points (``None``: no
-      limit); every stage is kept in the ``evaluation/learning_curves.csv`` artifact and in
-      the returned DataFrame (indexed by step).
-    """
-    import mlflow
-
-    _settle()
-    head, estimator = _staged_estimator(model)
-    X_train, y_train = _sample_rows(X_train, y_train, train_rows)
-    table = _curves(head, estimator, (("train", X_train, y_train), ("val", X_val, y_val)), every)
-    _log_points(table, max_points)
-    mlflow.log_text(table.to_csv(), "evaluation/learning_curves.csv")
-    return table
-
-
-def _staged_estimator(model) -> tuple[Any, Any]:
-    """``(preprocessing or None, final estimator)``; the estimator must score by stage."""
-    head, estimator = (model[:-1], model[-1]) if hasattr(model, "steps") else (None, model)
-    if not hasattr(estimator, "staged_predict_proba"):
-        raise TypeError(
-            f"{type(estimator).__name__} has no staged_predict_proba: learning curves need a boosting model"
-        )
-    return head, estimator
-
-
-def _sample_rows(X, y, rows: int | None) -> tuple[Any, Any]:
-    """A fixed random sample of ``rows`` rows in their original order (all when fewer)."""
-    if rows is not None and len(X) > rows:
-        pick = np.sort(np.random.default_rng(0).choice(len(X), rows, replace=False))
-        X = X.iloc[pick] if hasattr(X, "iloc") else X[pick]
-        y = np.asarray(y)[pick]
-    return X, y
-
-
-def _curves(head, estimator, sets, every: int) -> pd.DataFrame:
-    """Accuracy and log-loss of every kept stage on each ``(name, X, y)`` set, one row a
-    stage, indexed by step; the preprocessing runs once a set."""
-    curves: dict[str, np.ndarray] = {}
-    for name, X, y in sets:
-        Xt = head.transform(X) if head is not None else X
-        accuracy, loss = _staged_scores(estimator, Xt, np.asarray(y).astype(int), every)
-        curves[f"{name}_accuracy"], curves[f"{name}_log_loss"] = accuracy, loss
-    table = pd.DataFrame(curves)[
-        ["train_accuracy", "val_accuracy", "train_log_loss", "val_log_loss"]
-    ]
-    table.index = pd.Index(np.arange(len(table)) * every, name="step")
-    return table
-
-
-def _log_points(table: pd.DataFrame, max_points: int | None) -> None:
-    """Log the curves as ``learning/<metric>`` step metrics, buffered: every stride-th stage
-    plus the last, so each curve stays within ``max_points`` points."""
-    import math
-
-    from workbench.tracking.steps import StepLogger
-
-    stride = math.ceil((len(table) - 1) / max(max_points - 1, 1)) if max_points else 1
-    stride = max(stride, 1)
-    shown = table.iloc[sorted({*range(0, len(table), stride), len(table) - 1})]
-    with StepLogger() as steps:
-        for step, row in zip(shown.index, shown.to_dict("records"), strict=True):
-            steps.log(int(step), **{f"learning/{k}": v for k, v in row.items()})

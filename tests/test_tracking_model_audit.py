@@ -80,3 +80,20 @@ def test_audited_archive_writes_the_schema_archive_writes(split):
     assert without_ids(assembled) == without_ids(plain)
     assert json.loads(assembled)["protocol"] == json.loads(plain)["protocol"]
     assert assembled.count('"DecisionTreeRegressor"') == 25
+
+
+def test_skops_json_of_primitives_is_json_dumps_and_is_put_back():
+    import skops.io._general as general
+
+    values = [
+        "", "plain", "é ü \u2603 \U0001f600", 'quote " and \\ back\nslash', 0, -1, 2**70, True,
+        False, None, 0.0, -0.0, 0.1, 1e300, 5e-324, float("nan"), float("inf"), float("-inf"),
+    ]  # fmt: skip
+    before = general.json
+    with skops_compat._json_primitives():
+        for value in values:
+            assert general.json.dumps(value) == json.dumps(value), value
+        assert general.json.dumps([1, "a"]) == json.dumps([1, "a"])  # everything else: json's
+        assert general.json.dumps(1, indent=2) == json.dumps(1, indent=2)
+        assert general.json.loads is json.loads
+    assert general.json is before

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 from zipfile import ZipFile
@@ -69,7 +70,7 @@ def _write(model, audit: bool) -> tuple[bytes, str, list[str] | None]:
 
     buffer = io.BytesIO()
     unsafe = None
-    with collector.paused(), _IndexedZip(buffer, "w") as zip_file:
+    with collector.paused(), _json_primitives(), _IndexedZip(buffer, "w") as zip_file:
         context = SaveContext(zip_file=zip_file)
         state = get_state(model, context)
         context.clear_memo()
@@ -82,6 +83,53 @@ def _write(model, audit: bool) -> tuple[bytes, str, list[str] | None]:
         del state, members  # freed here, while the collector is still paused
     return buffer.getvalue(), schema, unsafe
 
+
+@contextmanager
+def _json_primitives() -> Iterator[None]:
+    """While skops writes a state, its ``json.dumps`` of a str, int, float, bool or None
+    returns what ``json.dumps`` returns without building an encoder each call.
+
+    skops' private ``skops.io._general.object_get_state`` tries ``json.dumps`` on every
+    object it meets (20,000 in a 400-tree model, most of them a tree's scalar settings);
+    for anything but those exact types the call goes to ``json.dumps`` itself. Swapped in
+    for the block (under the save lock, so two saves never restore each other's swap).
+    """
+    import json
+    import types
+
+    import skops.io._general as general
+
+    def dumps(obj, *args, **kwargs):
+        kind = type(obj)
+        if args or kwargs or kind not in _JSON_PRIMITIVES:
+            return json.dumps(obj, *args, **kwargs)
+        return _JSON_PRIMITIVES[kind](obj)
+
+    with _SAVE_LOCK:
+        original = general.json
+        general.json = types.SimpleNamespace(**{**vars(json), "dumps": dumps})
+        try:
+            yield
+        finally:
+            general.json = original
+
+
+def _json_float(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
+
+
+# json.dumps of exactly these types, as its C encoder writes them (ensure_ascii, allow_nan)
+_JSON_PRIMITIVES = {
+    str: encode_basestring_ascii,
+    int: int.__repr__,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda value: "null",
+    float: _json_float,
+}
 
 _MEMBERS = 16  # a list of at least this many nodes is an ensemble's members
 

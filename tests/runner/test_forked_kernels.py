@@ -476,6 +476,70 @@ def test_an_owner_killed_outright_takes_its_template_and_kernels(tmp_path):
         owner.wait()
 
 
+def _sharer(owner, index: int, conn) -> None:
+    """A batch worker's part: fork a kernel from the shared template through channel
+    ``index``, say its pid, and shut it down when told (saying its exit code)."""
+    template = kernels.Template.attach_shared(owner, index)
+
+    async def main() -> None:
+        km = provisioner.forked_kernel_manager(template)(kernel_name="python3")
+        await km.start_kernel(cwd=os.getcwd(), env=dict(os.environ))
+        conn.send(km.provisioner.forked)
+        conn.recv()
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=120)
+        kc.stop_channels()
+        codes = []
+        wait = km.provisioner.wait
+
+        async def recorded() -> int | None:
+            codes.append(await wait())
+            return codes[-1]
+
+        km.provisioner.wait = recorded
+        await km.shutdown_kernel(now=False)
+        conn.send(codes)
+
+    asyncio.run(main())
+
+
+def test_workers_share_one_template_and_a_dead_worker_takes_only_its_kernels(tmp_path):
+    """Two workers fork their kernels from one template, each through its own channel;
+    one killed outright takes its kernel along, the other keeps its kernel and channel."""
+    import multiprocessing
+
+    import psutil
+
+    ctx = multiprocessing.get_context("fork")
+    owner = kernels.Template([], usual=False, channels=2)
+    procs, conns = [], []
+    try:
+        for i in range(2):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_sharer, args=(owner, i, theirs))
+            proc.start()
+            owner.hand_over(i)
+            procs.append(proc)
+            conns.append(ours)
+        pids = [c.recv() for c in conns]
+        kernel = [psutil.Process(pid) for pid in pids]
+        assert [k.ppid() for k in kernel] == [owner.pid, owner.pid]
+        procs[0].kill()
+        procs[0].join()
+        _, alive = psutil.wait_procs([kernel[0]], timeout=15)
+        assert alive == [], "the dead worker's kernel outlived it"
+        assert kernel[1].is_running()
+        conns[1].send("shut down")
+        assert conns[1].recv() == [0]  # its exit, reported through its own channel
+        procs[1].join(timeout=30)
+    finally:
+        for proc in procs:
+            proc.kill()
+        owner.close()
+    assert not psutil.pid_exists(owner.pid) or psutil.Process(owner.pid).status() == "zombie"
+
+
 # ------------------------------------------------------------------ through `workbench batch`
 
 

@@ -2,8 +2,9 @@
 
 A real ``workbench batch --jobs 2`` runs three sleeping jobs; while two of them sleep, one
 worker process is killed outright (as the OOM killer would). Its job ends KILLED with
-"worker process died" and its kernel dies with it; the other job keeps its result, the third
-runs on a fresh worker, and each parameter set ran exactly once.
+"worker process died" and its kernel dies with it (the workers share one kernel template,
+which kills the kernels of a worker whose channel closed); the other job keeps its kernel and
+its result, the third runs on a fresh worker, and each parameter set ran exactly once.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def _kernels(proc: psutil.Process) -> list[psutil.Process]:
             if "ipykernel" in " ".join(child.cmdline()):
                 found.append(child)
     return found
+
+
+def _first_gone(kernels: list[psutil.Process]) -> tuple[list, list]:
+    """Wait (up to 20 s) until a kernel is gone: (the gone, the still alive)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        gone = [k for k in kernels if not k.is_running() or k.status() == psutil.STATUS_ZOMBIE]
+        if gone:
+            return gone, [k for k in kernels if k not in gone]
+        time.sleep(0.05)
+    return [], kernels
 
 
 def _wait_sleeping(proc: subprocess.Popen, experiment: str, n: int) -> None:
@@ -60,17 +72,20 @@ def test_a_dead_worker_costs_its_own_job_only(project, experiment_name):
     try:
         _wait_sleeping(proc, experiment_name, 2)
         root = psutil.Process(proc.pid)
-        workers = [w for w in root.children() if _kernels(w)]
-        assert len(workers) == 2
-        victim, victim_kernels = workers[0], _kernels(workers[0])
+        templates = [p for p in root.children() if "workbench.run.template" in p.cmdline()]
+        workers = [p for p in root.children() if p not in templates]
+        assert len(templates) == 1 and len(workers) == 2, [p.cmdline() for p in root.children()]
+        kernels = _kernels(templates[0])
+        assert len(kernels) == 2
+        victim = workers[0]
         victim.kill()
+        gone, alive = _first_gone(kernels)
         out, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    _, alive = psutil.wait_procs(victim_kernels, timeout=30)
-    assert alive == [], "the dead worker's kernel outlived it"
+    assert len(gone) == 1 and len(alive) == 1, "the dead worker's kernel outlived it"
     assert proc.returncode == 1, out
 
     runs = runs_of(experiment_name)

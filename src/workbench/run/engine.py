@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.run import kernels, signals
+from workbench.run import kernels, saves, signals
 from workbench.run.jobs import DEFAULT_KERNEL, RunOptions
 
 ENGINE_NAME = "workbench"
@@ -258,10 +258,14 @@ def _engine_class(client_class: type) -> type:
             client.wb_handoff, client.wb_on_launch = wb_handoff, wb_on_launch
             client.wb_real_injected = wb_real_injected
             launch = {"env": kernel_env, "cwd": kernel_cwd, "preexec_fn": _die_with_parent()}
-            if kernel_log is None:
-                return client.execute(**launch)
-            with open(kernel_log, "ab") as log:  # the kernel's own stdout/stderr, not cell output
-                return client.execute(**launch, stdout=log, stderr=log)
+            coalesced = saves.CoalescedSaves(nb_man)
+            try:
+                if kernel_log is None:
+                    return client.execute(**launch)
+                with open(kernel_log, "ab") as log:  # the kernel's stdout/stderr, not cells'
+                    return client.execute(**launch, stdout=log, stderr=log)
+            finally:
+                coalesced.close()  # papermill's final save follows
 
     return _Engine
 
@@ -407,8 +411,9 @@ def _build_exporter():
     return exporter
 
 
-def warm_exporter() -> Future:
-    """Build the HTML exporter on a thread (once per process); its future."""
+def warm_exporter(wait: bool = False) -> Future:
+    """Build the HTML exporter on a thread (once per process); its future. ``wait``: build
+    it here and now instead (a batch's parent does, so its forked workers inherit it)."""
     global _exporter
     with _exporter_guard:
         if _exporter is None:
@@ -420,7 +425,10 @@ def warm_exporter() -> Future:
                 except BaseException as exc:
                     fut.set_exception(exc)
 
-            threading.Thread(target=work, name="workbench-warm-html", daemon=True).start()
+            if wait:
+                work()
+            else:
+                threading.Thread(target=work, name="workbench-warm-html", daemon=True).start()
             _exporter = fut
         return _exporter
 

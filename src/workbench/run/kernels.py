@@ -31,35 +31,54 @@ from typing import Any
 from workbench.core import jupyter_compat, processes
 from workbench.run import provisioner
 from workbench.run.provisioner import TemplateRefused
-from workbench.run.template import KERNEL_ARG, OWNER_ENV, USUAL_ARG
+from workbench.run.template import CHANNEL_ARG, KERNEL_ARG, OWNER_ENV, USUAL_ARG
 
 # How long a fork may wait for the template's answer (its first imports included).
 FORK_TIMEOUT_S = 120.0
 
 
 class Template:
-    """The owner's side of a template process: fork requests and its children's exits."""
+    """The owner's side of a template process: fork requests and its children's exits.
 
-    def __init__(self, modules: list[list] | tuple = (), usual: bool = True) -> None:
+    ``channels``: how many other processes (a batch's workers) will share this template,
+    each through its own socket (``attach_shared`` in the worker), so one template's
+    imports serve them all.
+    """
+
+    def __init__(
+        self, modules: list[list] | tuple = (), usual: bool = True, channels: int = 0
+    ) -> None:
+        import socket
+
+        pairs = [socket.socketpair() for _ in range(channels)]
+        theirs = [b.fileno() for _, b in pairs]
         flags = [USUAL_ARG] if usual else []
-        self.proc = subprocess.Popen(
+        self.proc: subprocess.Popen | None = subprocess.Popen(
             [
                 *(sys.executable, "-m", "workbench.run.template", KERNEL_ARG),
                 *flags,
+                *(f"{CHANNEL_ARG}{fd}" for fd in theirs),
                 *map(json.dumps, modules),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
+            pass_fds=theirs,
             env={**os.environ, OWNER_ENV: str(os.getpid())},
             # out of the owner's process group, as kernels are: a signal to the group (a
             # terminal's Ctrl-C or hang-up, a CI cancel) is the owner's to handle; the
             # template goes when its owner closes its stdin or dies
             start_new_session=True,
         )
-        assert self.proc.stdout is not None
+        for _, b in pairs:
+            b.close()
+        self.shared = [a for a, _ in pairs]  # the sharers' ends, until each is handed over
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._pid, self._wfd = self.proc.pid, self.proc.stdin.fileno()
         self._fd = self.proc.stdout.fileno()
-        os.set_blocking(self._fd, False)
+        self._init_state()
+
+    def _init_state(self) -> None:
         self._buffer = b""
         self._replies: dict[int, dict] = {}
         self._exits: dict[int, int] = {}
@@ -69,16 +88,41 @@ class Template:
         self.gone = False
         self.warned: set[str] = set()
 
+    @classmethod
+    def attach_shared(cls, owner: Template, index: int) -> Template:
+        """In a process forked after ``owner`` started: this process's side of the template
+        through channel ``index``. The descriptors this process inherited for the owner's
+        pipes and the other channels are closed (each owner's end must have one holder, so
+        that its death closes it)."""
+        for i, sock in enumerate(owner.shared):
+            if i != index:
+                sock.close()
+        assert owner.proc is not None
+        for stream in (owner.proc.stdin, owner.proc.stdout):
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()  # type: ignore[union-attr]
+        sock = owner.shared[index]
+        self = cls.__new__(cls)
+        self.proc, self.shared, self._sock = None, [], sock
+        self._pid, self._wfd, self._fd = owner.pid, sock.fileno(), sock.fileno()
+        self._init_state()
+        return self
+
+    def hand_over(self, index: int) -> None:
+        """In the owner, once channel ``index`` went to the process that uses it: drop our
+        copy (the template then sees that process's exit as the channel's end)."""
+        self.shared[index].close()
+
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self._pid
 
     def _send(self, message: dict) -> None:
-        assert self.proc.stdin is not None
+        data = (json.dumps(message) + "\n").encode()
         try:
-            self.proc.stdin.write((json.dumps(message) + "\n").encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
+            while data:
+                data = data[os.write(self._wfd, data) :]
+        except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
             self.gone = True
 
     def _pump(self, timeout: float) -> None:
@@ -158,8 +202,15 @@ class Template:
         self._ticks.pop(pid, None)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Close the template's stdin (it exits, killing any kernel left) and reap it."""
+        """Close the template's stdin (it exits, killing any kernel left) and reap it; for
+        a shared template, close this process's channel (its kernels are killed)."""
         self.gone = True
+        if self.proc is None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            return
+        for sock in self.shared:
+            sock.close()
         with contextlib.suppress(OSError, ValueError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
@@ -187,6 +238,14 @@ def start_template(modules: list[list] | tuple | None = None) -> Template | None
     close_template()
     if sys.platform == "linux":
         _active = Template(modules or (), usual=modules is None)
+    return _active
+
+
+def use_shared_template(owner: Template, index: int) -> Template:
+    """In a batch worker forked after ``owner`` (the batch's template) started: fork this
+    process's kernels from it, through its channel ``index``."""
+    global _active
+    _active = Template.attach_shared(owner, index)
     return _active
 
 

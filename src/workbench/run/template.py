@@ -77,9 +77,9 @@ import os
 import select
 import signal
 import sys
-from typing import Any
 
 from workbench.core import processes
+from workbench.run.kernel_child import INLINE_BACKEND, become_kernel
 
 # What a kernel imports while it starts (its debugger pulls in debugpy), and the runner's
 # hand-over hook every job imports before its first cell: imported first, so a forked kernel
@@ -130,7 +130,7 @@ FIRST_CALL_MODULES = {
     "matplotlib": ("matplotlib.pyplot",),
 }
 USUAL_ARG = "--usual"  # argument: import USUAL_MODULES while idle
-INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+CHANNEL_ARG = "--channel="  # argument: a socket descriptor another owner talks through
 OWNER_ENV = "WORKBENCH_TEMPLATE_OWNER"  # the pid the template dies with
 KERNEL_ARG = "ipykernel_launcher"  # first argument: what the children become
 # Set in the template only (the child applies the job's own environment).
@@ -146,10 +146,52 @@ def _send(fd: int, message: dict) -> None:
         data = data[os.write(fd, data) :]
 
 
+class Channel:
+    """One owner's connection: its requests in; replies and its kernels' exits out.
+
+    The first is the process that started the template (stdin/stdout): when it closes, the
+    template stops every kernel and exits. The others are sockets of the batch workers that
+    share the template: when one closes (its worker exited or was killed), the kernels forked
+    for it are killed, as a kernel dies with the worker that started it.
+    """
+
+    def __init__(self, fd_in: int, fd_out: int, owner: bool) -> None:
+        self.fd_in, self.fd_out, self.owner = fd_in, fd_out, owner
+        self.buffer = b""
+        self.open = True
+
+    def send(self, message: dict) -> None:
+        """Send, unless the other side is gone (the owner's channel: raise)."""
+        if not self.open:
+            return
+        try:
+            _send(self.fd_out, message)
+        except OSError:
+            if self.owner:
+                raise BrokenPipeError("the template's owner is gone") from None
+            self.open = False
+
+    def lines(self) -> list[bytes] | None:
+        """The complete lines now readable; None when the other side closed."""
+        try:
+            chunk = os.read(self.fd_in, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.open = False
+            return None
+        self.buffer += chunk
+        *done, self.buffer = self.buffer.split(b"\n")
+        return done
+
+    def fds(self) -> set[int]:
+        return {self.fd_in, self.fd_out}
+
+
 class Server:
     """The template's loop: import, answer requests, fork, reap."""
 
-    def __init__(self, modules: list[list], usual: bool = False) -> None:
+    def __init__(self, modules: list[list], usual: bool = False, shared: tuple = ()) -> None:
         # The owner's pipes and stderr move to fresh descriptors and 0-2 go to /dev/null: a
         # library that prints while it is imported can neither corrupt the protocol nor
         # reach the owner's terminal. Kernels get the owner's stderr back (or their files).
@@ -171,8 +213,9 @@ class Server:
         self.pending += [[m, list(names), True] for m, names in modules]
         self.pending += [[m, [], False] for m in USUAL_MODULES] if usual else []
         self.expanded: set[str] = set()  # libraries whose FIRST_CALL_MODULES are queued
-        self.children: set[int] = set()
-        self.buffer = b""
+        self.channels = [Channel(self.ctl_in, self.ctl_out, owner=True)]
+        self.channels += [Channel(fd, fd, owner=False) for fd in shared]
+        self.children: dict[int, Channel] = {}  # kernel pid -> the channel it was forked for
         self.fresh_tops: set[str] = set()  # top-level modules a fresh kernel would not have
         self.baseline: set[str] | None = None
         self.env_at_start = dict(os.environ)
@@ -219,24 +262,26 @@ class Server:
         while True:
             self.reap()
             wait = 0.0 if self.pending else None
-            ready, _, _ = select.select([self.ctl_in, self.wake_r], [], [], wait)
+            listening = [c.fd_in for c in self.channels if c.open]
+            ready, _, _ = select.select([*listening, self.wake_r], [], [], wait)
             if self.wake_r in ready:
                 _drain(self.wake_r)
-            if self.ctl_in in ready:
-                chunk = os.read(self.ctl_in, 65536)
-                if not chunk:
-                    self.stop_children()
-                    return None
-                self.buffer += chunk
-                while b"\n" in self.buffer:
-                    line, self.buffer = self.buffer.split(b"\n", 1)
-                    child = self.handle(json.loads(line))
+            for channel in [c for c in self.channels if c.fd_in in ready]:
+                lines = channel.lines()
+                if lines is None:  # that owner is gone: so are the kernels it left
+                    if channel.owner:
+                        self.stop_children()
+                        return None
+                    self.stop_children(channel)
+                    continue
+                for line in lines:
+                    child = self.handle(json.loads(line), channel)
                     if child is not None:
                         return child
-            elif not ready and self.pending:
+            if not ready and self.pending:
                 self.import_next()
 
-    def handle(self, req: dict) -> dict | None:
+    def handle(self, req: dict, channel: Channel) -> dict | None:
         """Answer one request; in a forked child, return the request."""
         self.preload(req.get("modules", []))  # and every needed import before a fork
         if req.get("op") == "preload":
@@ -244,11 +289,11 @@ class Server:
         if req.get("op") == "sync":  # answered once every pending import is done
             while self.pending:
                 self.import_next()
-            _send(self.ctl_out, {"id": req["id"], "modules": len(sys.modules)})
+            channel.send({"id": req["id"], "modules": len(sys.modules)})
             return None
         why = self.refusal(req)
         if why is not None:
-            _send(self.ctl_out, {"id": req["id"], "refused": why})
+            channel.send({"id": req["id"], "refused": why})
             return None
         sys.stdout.flush()
         sys.stderr.flush()
@@ -262,26 +307,27 @@ class Server:
             processes.die_with_parent(template, signal.SIGKILL)
             self.leave(req)
             return req
-        self.children.add(pid)
-        _send(self.ctl_out, {"id": req["id"], "pid": pid})
+        self.children[pid] = channel
+        channel.send({"id": req["id"], "pid": pid})
         return None
 
     def reap(self) -> None:
         """Report every child that ended since the last look."""
-        for pid in list(self.children):
+        for pid, channel in list(self.children.items()):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 done, status = pid, 0
             if done:
-                self.children.discard(pid)
-                _send(self.ctl_out, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+                del self.children[pid]
+                channel.send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
-    def stop_children(self) -> None:
-        """The owner is gone: so are the kernels it left running."""
-        for pid in self.children:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+    def stop_children(self, channel: Channel | None = None) -> None:
+        """An owner is gone: so are the kernels it left running (every one, for None)."""
+        for pid, owner in self.children.items():
+            if channel is None or owner is channel:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
 
     def leave(self, req: dict) -> None:
         """In the child: the job's output files, then drop the template's pipes and handlers."""
@@ -294,7 +340,7 @@ class Server:
             os.dup2(self.err if target is None else target, fd)
             if target is not None:
                 os.close(target)
-        for fd in (self.ctl_in, self.ctl_out, self.err, self.wake_r, self.wake_w):
+        for fd in {self.err, self.wake_r, self.wake_w}.union(*(c.fds() for c in self.channels)):
             os.close(fd)
 
     # -------------------------------------------------------------- safety
@@ -303,10 +349,15 @@ class Server:
         """Why this job must not be forked from here, or None when it may."""
         return (
             _threads()
-            or _open_files({0, 1, 2, self.ctl_in, self.ctl_out, self.err, self.wake_r, self.wake_w})
+            or _open_files(
+                {0, 1, 2, self.err, self.wake_r, self.wake_w}.union(*self._channel_fds())
+            )
             or self.env_differs(req["env"])
             or self.shadowed(req["cwd"])
         )
+
+    def _channel_fds(self) -> list[set[int]]:
+        return [c.fds() for c in self.channels]
 
     def env_differs(self, env: dict[str, str]) -> str | None:
         """Variables read once at start-up or import must be the template's."""
@@ -390,131 +441,6 @@ def _open_files(allowed: set[int]) -> str | None:
     return f"the template holds open descriptors: {', '.join(found)}" if found else None
 
 
-# ------------------------------------------------------------------ the child
-
-
-def become_kernel(req: dict) -> int:
-    """In the forked child: take the job's session, directory and environment, then
-    run the kernel as ``ipykernel_launcher`` would. Returns the exit code."""
-    os.setsid()
-    os.chdir(req["cwd"])
-    env = dict(req["env"])
-    env["JPY_PARENT_PID"] = str(os.getppid())
-    os.environ.clear()
-    os.environ.update(env)
-    _blas_threads(env)
-    _reseed()
-    _matplotlib_backend(env)
-    import ipykernel_launcher
-    from ipykernel.kernelapp import IPKernelApp
-
-    sys.argv = [ipykernel_launcher.__file__, *req["argv"]]
-    # ipykernel read JPY_PARENT_PID when the template imported it: name the parent here,
-    # so the kernel exits if the template dies (as a fresh kernel does with its launcher).
-    IPKernelApp.launch_instance(argv=list(req["argv"]), parent_handle=os.getppid())
-    _stop_message_threads(IPKernelApp.instance())
-    _exit_quickly(0)
-    return 0
-
-
-def _stop_message_threads(app: Any) -> None:
-    """Stop the kernel's control and shell threads while its IOPub thread still runs.
-
-    ipykernel 7's ``IPKernelApp.close`` stops IOPub first and then joins the control thread;
-    when the control thread is still finishing the shutdown request (it flushes stdout and
-    stderr through IOPub afterwards) that flush waits for a thread that is gone, and the
-    kernel hangs until jupyter_client kills it 2.5 s later (measured here: one shutdown in
-    five). Stopped in this order the flush goes through and ``close`` finds them done.
-    """
-    for name in ("control_thread", "shell_channel_thread"):
-        thread = getattr(app, name, None)
-        if thread is not None and thread.is_alive():
-            thread.stop()
-            thread.join(timeout=2.0)
-
-
-def _exit_quickly(code: int) -> None:
-    """Python's exit steps, then ``os._exit``: without the module teardown that follows them.
-
-    A forked kernel shares the template's pages; tearing its modules down writes to every
-    object they hold, which copies each shared page first (0.25 s a kernel, measured). The
-    steps that matter run as in any exit: non-daemon threads are joined and ``atexit``
-    handlers run (IPython saves its history and clears the user's namespace, MLflow flushes),
-    then the standard streams are flushed. Uses CPython's own ``threading._shutdown`` and
-    ``atexit._run_exitfuncs``; without them the usual exit follows.
-    """
-    import atexit
-    import threading
-
-    join_threads = getattr(threading, "_shutdown", None)
-    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if join_threads is None or run_exit_handlers is None:
-        return
-    join_threads()
-    run_exit_handlers()
-    for stream in (sys.__stdout__, sys.__stderr__):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
-
-
-def _blas_threads(env: dict[str, str]) -> None:
-    """Give OpenBLAS the thread count the job's environment asks for (the template ran it
-    with one, so that no BLAS thread existed before the fork)."""
-    import ctypes
-
-    wanted = next(
-        (
-            env[k]
-            for k in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
-            if env.get(k)
-        ),
-        "",
-    )
-    try:
-        count = int(wanted.split(",")[0]) if wanted else len(os.sched_getaffinity(0))
-    except ValueError:
-        count = len(os.sched_getaffinity(0))
-    if count <= 1:
-        return
-    for path in _loaded_libraries("openblas"):
-        lib = ctypes.CDLL(path)
-        for symbol in (
-            "openblas_set_num_threads",
-            "openblas_set_num_threads64_",
-            "scipy_openblas_set_num_threads",
-            "scipy_openblas_set_num_threads64_",
-        ):
-            setter = getattr(lib, symbol, None)
-            if setter is not None:
-                setter(count)
-                break
-
-
-def _loaded_libraries(fragment: str) -> list[str]:
-    paths = set()
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            path = line.rstrip("\n").split(None, 5)[-1]
-            if path.startswith("/") and fragment in os.path.basename(path).lower():
-                paths.add(path)
-    return sorted(paths)
-
-
-def _reseed() -> None:
-    """numpy's global generator was seeded once, in the template: give each job its own."""
-    numpy_random = sys.modules.get("numpy.random")
-    if numpy_random is not None:
-        numpy_random.seed()
-
-
-def _matplotlib_backend(env: dict[str, str]) -> None:
-    """The job's backend (what ipykernel would set), chosen before any figure exists."""
-    matplotlib = sys.modules.get("matplotlib")
-    if matplotlib is not None:
-        matplotlib.rcParams["backend"] = env.get("MPLBACKEND") or INLINE_BACKEND
-
-
 def main(argv: list[str]) -> int:
     """Prepare, import, serve; in a forked child, run the job's kernel."""
     owner = os.environ.pop(OWNER_ENV, "")
@@ -526,8 +452,10 @@ def main(argv: list[str]) -> int:
     if sys.path and os.path.realpath(sys.path[0] or ".") == os.path.realpath(os.getcwd()):
         del sys.path[0]  # as ipykernel_launcher does: nothing from the template's directory
     gc.disable()  # imports only: the collector would just slow them down
-    modules = [json.loads(a) for a in argv if a not in (KERNEL_ARG, USUAL_ARG)]
-    server = Server(modules, usual=USUAL_ARG in argv)
+    shared = [int(a[len(CHANNEL_ARG) :]) for a in argv if a.startswith(CHANNEL_ARG)]
+    flags = (KERNEL_ARG, USUAL_ARG)
+    modules = [json.loads(a) for a in argv if a not in flags and not a.startswith(CHANNEL_ARG)]
+    server = Server(modules, usual=USUAL_ARG in argv, shared=tuple(shared))
     try:
         req = server.serve()
     except Exception:  # the owner sees the pipe close and starts fresh kernels instead

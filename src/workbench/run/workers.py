@@ -63,14 +63,16 @@ def not_started(job: Job, stop: signals.Terminated) -> JobResult:
     return JobResult(job, "KILLED", reason=f"not started: {stop.reason}")
 
 
-def worker_main(conn: Any, modules: list[list] | None = None) -> None:
+def worker_main(conn: Any, modules: list[list] | None = None, shared: tuple = ()) -> None:
     """A worker's life: run the jobs it is given, one at a time, until told to quit.
-    ``modules``: what the batch's notebooks import, for its kernel template."""
+    ``shared``: (the batch's kernel template, this worker's channel) when it was forked
+    after the template started; else it starts its own for ``modules``, what the batch's
+    notebooks import."""
     parent = os.getppid()
     # The batch command killed outright: SIGTERM ends a job in flight KILLED (signals), and
     # an idle worker sees its parent gone below (siblings hold the pipe open: no EOF comes).
     processes.die_with_parent(parent, signal.SIGTERM)
-    _worker_init(modules)
+    _worker_init(modules, shared)
     with signals.handled():
         while signals.stopping() is None:
             try:
@@ -105,7 +107,7 @@ def _tell(conn: Any, message: tuple) -> bool:
         return False
 
 
-def _worker_init(modules: list[list] | None) -> None:
+def _worker_init(modules: list[list] | None, shared: tuple) -> None:
     import gc
     import logging
 
@@ -113,9 +115,13 @@ def _worker_init(modules: list[list] | None) -> None:
     startup.skip_slow_imports()
     forget_inherited_connections()
     logging.getLogger("papermill").setLevel(logging.ERROR)
-    # The template this worker forks its kernels from (run.kernels): it imports what the
-    # batch's notebooks import while the parent opens the store, and dies with this worker.
-    kernels.start_template(modules)
+    # The template this worker forks its kernels from (run.kernels): the batch's own, which
+    # imported what the batch's notebooks import while the parent imported its modules; a
+    # replacement worker starts its own. Either way its kernels die with this worker.
+    if shared:
+        kernels.use_shared_template(*shared)
+    else:
+        kernels.start_template(modules)
 
 
 def forget_inherited_connections() -> None:
@@ -149,14 +155,21 @@ def _preload() -> None:
     from nbconvert import HTMLExporter  # noqa: F401
 
     from workbench import tracking  # noqa: F401
+    from workbench.run import engine
+
+    engine.warm_exporter(wait=True)  # every worker writes HTML twins with it
 
 
-def _start(ctx: Any, modules: list[list] | None) -> _Worker:
+def _start(ctx: Any, modules: list[list] | None, shared: tuple = ()) -> _Worker:
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=worker_main, args=(child, modules), name="workbench-batch-worker")
+    args = (child, modules, shared)
+    proc = ctx.Process(target=worker_main, args=args, name="workbench-batch-worker")
     proc.daemon = True  # an abnormal exit of the parent SIGTERMs it (it ends its run)
     proc.start()
     child.close()
+    if shared:
+        template, index = shared
+        template.hand_over(index)
     return _Worker(proc, parent)
 
 
@@ -177,7 +190,11 @@ class Pool:
         import threading
 
         fork = fork and sys.platform == "linux" and threading.active_count() == 1
+        self.template: kernels.Template | None = None
         if fork:
+            # One kernel template for every worker, started first: it imports what the
+            # notebooks import on one core while this process imports its own on the other.
+            self.template = kernels.Template(modules or (), modules is None, channels=workers)
             _preload()
             # Fails here, in the parent, if MLflow no longer exposes its engine cache: a
             # worker that cannot reset inherited connections must not be forked at all.
@@ -187,7 +204,10 @@ class Pool:
             gc.freeze()
         ctx = multiprocessing.get_context("fork" if fork else "spawn")
         self.modules = modules
-        self.workers = [_start(ctx, modules) for _ in range(workers)]
+        self.workers = [
+            _start(ctx, modules, (self.template, i) if self.template else ())
+            for i in range(workers)
+        ]
         self._stop_at: float | None = None
 
     def run(self, jobs: list[Job], todo: list[int], record: Record) -> None:
@@ -292,3 +312,6 @@ class Pool:
             with contextlib.suppress(OSError):
                 w.conn.close()
         self.workers = []
+        if self.template is not None:
+            self.template.close()
+            self.template = None

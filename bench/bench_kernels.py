@@ -1,13 +1,14 @@
 """Batches on kernels forked from a pre-imported template, against plain papermill.
 
 1. A batch of 8 short notebooks that import mlflow, pandas, scikit-learn and matplotlib, fit a
-   small model and log one metric: ``workbench batch --jobs 2`` (each worker forks its
-   kernels from a template that imported all that once) against plain ``papermill`` run
+   small model and log one metric: ``workbench batch --jobs 2`` (the workers fork their
+   kernels from one template that imported all that once) against plain ``papermill`` run
    8 times one after another (a fresh kernel and its imports each time).
 2. 16 trivial notebooks, the same two ways.
-3. The amortized per-notebook overhead of each batch: its wall time minus the cells' own
-   time (papermill's per-cell durations in the executed notebooks, shared by the 2 job slots),
-   per notebook; the baseline is the same for papermill one after another.
+3. The amortized per-notebook overhead of the 16-notebook batch: its wall time minus the
+   cells' own time (papermill's per-cell durations in the executed notebooks, shared by the
+   2 job slots), per notebook; the baseline is the same for papermill one after another. The
+   8-notebook batch's is reported in its row's notes.
 4. Memory: the template's RSS, and a forked kernel's PSS and USS (psutil's
    ``memory_full_info``) against a fresh kernel's after the same imports.
 
@@ -166,11 +167,11 @@ def _batches(tmp: Path, env: dict[str, str]) -> list[Result]:
         f"{', '.join(f'{x:.1f}' for x in loads)} on {os.cpu_count()} cores between rounds"
     )
     how = (
-        f"`workbench batch --jobs {SLOTS}` (each worker forks its kernels from a template "
-        "that imported ipykernel, mlflow, pandas, numpy, scikit-learn, matplotlib, MLflow's "
-        "store and the notebook's imports once) vs `papermill in.ipynb out.ipynb -p NAME i` "
-        "one after another, command to exit; every workbench run created, reported (notebook, "
-        "HTML twin, artifacts) and ended."
+        f"`workbench batch --jobs {SLOTS}` (the workers fork their kernels from one template "
+        "that imported ipykernel and what the notebooks import, with what those load at "
+        "their first call, once) vs `papermill in.ipynb out.ipynb -p NAME i` one after "
+        "another, command to exit; every workbench run created, reported (notebook, HTML "
+        "twin, artifacts) and ended."
     )
     rows = []
     for case, label, target, goal in (
@@ -179,7 +180,11 @@ def _batches(tmp: Path, env: dict[str, str]) -> list[Result]:
     ):
         ours, base = case.wall()
         what = (
-            " Each notebook fits a logistic regression on 300 rows and logs one metric."
+            " Each notebook fits a logistic regression on 300 rows and logs one metric "
+            f"({case.cells_per_notebook()}; amortized overhead {case.overhead()[0]:.2f} s a "
+            f"notebook against papermill's {case.overhead()[1]:.2f} s, most of it the "
+            "template's one-time import of mlflow, pandas, scikit-learn and matplotlib, "
+            "shared by 8 notebooks only)."
             if case is heavy
             else " Each notebook prints one line."
         )
@@ -193,7 +198,7 @@ def _batches(tmp: Path, env: dict[str, str]) -> list[Result]:
                 detail=f"{how}{what} {where.format(walls=case.walls())}.",
             )
         )
-    for case in (heavy, trivial):
+    for case in (trivial,):
         ours, base = case.overhead()
         rows.append(
             Result(
@@ -208,7 +213,7 @@ def _batches(tmp: Path, env: dict[str, str]) -> list[Result]:
                     f"minus its cells' time, per notebook ({case.cells_per_notebook()}: the "
                     "forked kernels' cells skip the imports). Ours includes the command's "
                     "start, the store, each run's creation, tags, reports and ending, and the "
-                    f"templates' boot. {where.format(walls=case.walls())}."
+                    f"template's boot. {where.format(walls=case.walls())}."
                 ),
             )
         )
@@ -241,7 +246,7 @@ def _memory() -> Result:
         unit="MB",
         detail=(
             f"psutil memory_full_info after `{IMPORTS.replace(chr(10), '; ')}` ran in the kernel, two forked kernels "
-            f"alive at once: template RSS {template_rss:.0f} MB (paid once per worker); each "
+            f"alive at once: template RSS {template_rss:.0f} MB (paid once per batch); each "
             f"forked kernel USS {uss:.0f} MB (its own pages), PSS {pss:.0f} MB (shared pages "
             f"split among the template and its kernels); a fresh kernel USS {fresh_uss:.0f} MB, "
             f"PSS {fresh_pss:.0f} MB."

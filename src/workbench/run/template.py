@@ -97,6 +97,14 @@ KERNEL_MODULES = (
     "pdb",
     "encodings.ascii",
     "encodings.latin_1",
+    # what it imports while it reads its connection file and runs its first cell
+    "psutil",
+    "jupyter_client.localinterfaces",
+    "IPython.core.oinspect",
+    "IPython.core.logger",
+    "IPython.utils.wildcard",
+    "faulthandler",
+    "resource",
     "workbench.tracking.handover",
 )
 # The usual heavy modules, for a template that does not know its notebooks in advance (a Dask

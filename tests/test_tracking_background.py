@@ -138,3 +138,13 @@ def test_notebook_01s_run_logs_the_same_files(tracking_uri, experiment_name, ds,
     assert got.info.status == "FINISHED"
     assert got.data.params["n_estimators"] == "20"
     assert client.get_logged_model(info.model_id).params["n_estimators"] == "20"
+
+
+def test_the_next_start_run_raises_the_previous_runs_error(tracking_uri, experiment_name, ds):
+    first = tracking.start_run(experiment_name, algorithm="gbm", params=CLASH, dataset=ds)
+    with pytest.raises(MlflowException, match="n_rows"):
+        tracking.start_run(experiment_name, algorithm="gbm")
+    assert _status(first.run_id) == "FAILED"
+    with tracking.start_run(experiment_name, algorithm="gbm") as second:
+        pass
+    assert _status(second.run_id) == "FINISHED"

@@ -237,6 +237,8 @@ def start_run(
     from workbench.tracking import handover
 
     global _current
+    if _current is not None:
+        _current.settle()  # the previous run's work is done (or its error raised) first
     store.connect()
     name = run_name_override or run_name(algorithm, key_params)
     all_tags = {**standard_tags(dataset), "workbench.algorithm": algorithm, **(tags or {})}

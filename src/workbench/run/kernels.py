@@ -1,11 +1,14 @@
-"""Pre-imported kernels for batches: one template process per worker, forked per job.
+"""Pre-imported kernels for batches: one template process per batch, forked per job.
 
 A fresh kernel pays its imports (ipykernel, mlflow, pandas, scikit-learn, matplotlib: ~4 s
-here) before its first cell runs. A batch worker instead starts one ``Template`` (the process
-in ``workbench.run.template``, which imports all that once) and, for each job, asks it to fork:
-the child becomes the job's kernel in about half a second. The template reaps its children
-and reports their exit codes over its pipe, so the kernel manager polls, waits for and
-signals a process that is the template's child, not its own (``workbench.run.provisioner``).
+here) before its first cell runs. A batch instead starts one ``Template`` (the process in
+``workbench.run.template``, which imports what the batch's notebooks import, once) and, for
+each job, its worker asks it to fork: the child becomes the job's kernel, ready in about 30
+ms. The template reaps its children and reports their exit codes to the worker that asked
+for them (each worker has its own channel: ``Template.attach_shared``), so the kernel
+manager polls, waits for and signals a process that is the template's child, not its own
+(``workbench.run.provisioner``). A Dask worker, or a batch worker started to replace a dead
+one, starts a template of its own.
 
 ``start_template`` makes a template the one this process uses; ``kernel_manager_class`` is
 what the papermill engine hands to nbclient: the forking kernel manager while a template is

@@ -15,8 +15,11 @@ KILLED by the parent.
 
 On Linux the first workers are forked at once, after the heavy imports and before the
 parent opens the store (no connections or threads to inherit): each starts in milliseconds
-instead of re-importing MLflow, papermill and nbconvert (seconds each). Replacements, and
-workers elsewhere, are clean ``spawn`` processes.
+instead of re-importing MLflow, papermill and nbconvert (seconds each), with the HTML
+exporter built. Replacements, and workers elsewhere, are clean ``spawn`` processes. The
+forked workers share one kernel template (``run.kernels``), started before the parent's
+imports so that it imports what the notebooks need on the other core; each worker talks to
+it through its own socket, and a worker's death kills the kernels forked for it.
 """
 
 from __future__ import annotations

@@ -55,7 +55,9 @@ def render(results: dict[str, list[Result] | str]) -> str:
             )
             if r.detail:
                 notes.append(f"- **{r.benchmark}**: {r.detail}")
-    return "\n".join([*lines, "", "## Notes", "", *notes, ""])
+    explained = ROOT / "bench" / "explained.md"  # how the measured machinery works, by hand
+    extra = ["", explained.read_text().rstrip()] if explained.exists() else []
+    return "\n".join([*lines, "", "## Notes", "", *notes, *extra, ""])
 
 
 def main(argv: list[str]) -> int:

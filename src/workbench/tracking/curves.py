@@ -87,7 +87,9 @@ def _staged_scores(estimator, X, y: np.ndarray, every: int) -> tuple[np.ndarray,
     m = _staged_log_odds(estimator, X, every)
     last = m[-1].copy()
     m *= np.where(positive, -1.0, 1.0)  # m = -z for positives, z for negatives
-    accuracy = ((m < 0) | ((m == 0) & positive)).mean(axis=1)  # z >= 0 predicts positive
+    accuracy = np.count_nonzero(m < 0, axis=1) / m.shape[1]
+    if not m.all():  # a log-odds of exactly 0 predicts positive (z >= 0): right for positives
+        accuracy = ((m < 0) | ((m == 0) & positive)).mean(axis=1)
     np.clip(m, -_MAX_LOG_ODDS, _MAX_LOG_ODDS, out=m)
     np.exp(m, out=m)
     np.log1p(m, out=m)

@@ -293,6 +293,22 @@ def test_optuna_journal_study_trial_is_failed_through_its_storage(tmp_path):
 # ------------------------------------------------------------------ jupyter_client
 
 
+async def _ready_kernel(km_class: type, then=None):
+    """Start a python3 kernel with ``km_class``, wait until its client is ready, await
+    ``then(km, client)`` (if given), and shut the kernel down as nbclient does; its result."""
+    km = km_class(kernel_name="python3")
+    await km.start_kernel()
+    try:
+        client = km.client()
+        client.start_channels()
+        await client.wait_for_ready(timeout=60)
+        result = await then(km, client) if then is not None else None
+        client.stop_channels()
+        return result
+    finally:
+        await km.shutdown_kernel(now=False)
+
+
 def test_jupyter_kernel_manager_polls_shutdown_through_async_wait():
     import asyncio
 
@@ -314,18 +330,7 @@ def test_jupyter_kernel_manager_polls_shutdown_through_async_wait():
             asked.append(pollinterval)
             await super()._async_wait(pollinterval=pollinterval)
 
-    async def start_and_stop() -> None:
-        km = Recording(kernel_name="python3")
-        await km.start_kernel()
-        try:
-            client = km.client()
-            client.start_channels()
-            await client.wait_for_ready(timeout=60)
-            client.stop_channels()
-        finally:
-            await km.shutdown_kernel(now=False)
-
-    asyncio.run(start_and_stop())
+    asyncio.run(_ready_kernel(Recording))
     assert asked, (
         f"{lib('jupyter_client')}: a kernel's shutdown no longer waits through _async_wait, "
         "so jupyter_compat's faster exit poll does nothing"
@@ -344,25 +349,16 @@ def test_jupyter_fast_ready_client_connects_fast_and_adapts_the_protocol():
     assert callable(handle), f"{lib('jupyter_client')}: _handle_kernel_info_reply is gone"
     fast = jupyter_compat.fast_exit_kernel_manager()
 
-    async def start_and_stop() -> tuple:
-        km = fast(kernel_name="python3")
-        await km.start_kernel()
-        try:
-            client = km.client()
-            client.start_channels()
-            await client.wait_for_ready(timeout=60)
-            reply = await client.kernel_info(reply=True, timeout=30)
-            client.stop_channels()
-            return (
-                type(client).__name__,
-                km.context.getsockopt(zmq.RECONNECT_IVL),
-                client.context.getsockopt(zmq.RECONNECT_IVL),
-                reply["content"]["status"],
-            )
-        finally:
-            await km.shutdown_kernel(now=False)
+    async def facts(km, client) -> tuple:
+        reply = await client.kernel_info(reply=True, timeout=30)
+        return (
+            type(client).__name__,
+            km.context.getsockopt(zmq.RECONNECT_IVL),
+            client.context.getsockopt(zmq.RECONNECT_IVL),
+            reply["content"]["status"],
+        )
 
-    name, manager_ivl, client_ivl, status = asyncio.run(start_and_stop())
+    name, manager_ivl, client_ivl, status = asyncio.run(_ready_kernel(fast, facts))
     assert name == "FastReadyClient"
     assert manager_ivl == client_ivl == jupyter_compat.RECONNECT_MS
     assert status == "ok"

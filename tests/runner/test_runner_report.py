@@ -64,3 +64,37 @@ def test_index_lists_executions_newest_first_with_failures_marked(
     shot = tmp_path / "index.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 1000
+
+
+def test_the_fast_index_reader_reads_what_mlflow_search_runs_reads(project):
+    """The index's SQLite reader against MLflow's API, on runs made to differ: two
+    experiments, a NaN metric, a failed run, a deleted run, a run in a deleted experiment,
+    and a run without the runner's tag."""
+    import json
+    import math
+
+    from workbench.core import names, store
+
+    client = store.connect(activate=False)
+    tags = {names.TAG_RUNNER: "papermill", names.TAG_LABEL: "x", names.TAG_REASON: "why"}
+
+    def execution(exp: str, i: int, **extra: str) -> str:
+        more = {names.TAG_PARAMS: json.dumps({"i": i}), names.TAG_DURATION: f"{i}.5"}
+        run = client.create_run(store.experiment_id(exp), tags={**tags, **more, **extra})
+        client.log_metric(run.info.run_id, "test_roc_auc", 0.5 + i / 100)
+        client.log_metric(run.info.run_id, "loss", math.nan if i == 2 else i)
+        client.set_terminated(run.info.run_id, "FAILED" if i == 1 else "FINISHED")
+        return run.info.run_id
+
+    kept = [execution("index-a", i) for i in range(3)] + [execution("index-b", 3)]
+    client.delete_run(execution("index-a", 4))
+    execution("index-gone", 5)
+    client.delete_experiment(store.experiment_id("index-gone"))
+    client.create_run(store.experiment_id("index-a"), tags={names.TAG_LABEL: "by hand"})
+
+    fast, api = reports.collect_rows(), reports.collect_rows(fast=False)
+    assert sorted(r.run_id for r in fast) == sorted(kept)
+    key = lambda r: r.run_id  # noqa: E731
+    assert sorted(fast, key=key) == sorted(api, key=key)
+    assert {r.status for r in fast} == {"FAILED", "FINISHED"}
+    assert any("loss=nan" in r.metrics for r in fast)

@@ -114,17 +114,84 @@ def _row(run, exp_names: dict[str, str], settings: Settings) -> Row:
     )
 
 
-def collect_rows(settings: Settings | None = None, client=None) -> list[Row]:
-    """Every runner execution in the store, newest first."""
+def collect_rows(settings: Settings | None = None, client=None, fast: bool = True) -> list[Row]:
+    """Every runner execution in the store, newest first (``fast``: read the embedded SQLite
+    store with three queries, ``_sqlite_runs``; else, and for other stores, MLflow's API)."""
     from workbench.core import store
 
     settings = settings or get_settings()
     client = client or store.connect(settings, activate=False)
     exp_names = {e.experiment_id: e.name for e in store.iter_experiments(client)}
-    query = f"tags.`{names.TAG_RUNNER}` = 'papermill'"
-    rows = [_row(r, exp_names, settings) for r in store.iter_runs(client, exp_names, query)]
-    rows.sort(key=lambda r: r.start_ms, reverse=True)
+    runs = _sqlite_runs(client, list(exp_names)) if fast else None
+    if runs is None:
+        query = f"tags.`{names.TAG_RUNNER}` = 'papermill'"
+        runs = list(store.iter_runs(client, exp_names, query))
+    rows = [_row(r, exp_names, settings) for r in runs]
+    rows.sort(key=lambda r: (r.start_ms, r.run_id), reverse=True)
     return rows
+
+
+def _sqlite_runs(client, experiment_ids: list[str]) -> list[Any] | None:
+    """The runner's runs of the active experiments, read from the embedded SQLite store with
+    one query for the runs, one for their tags and one for their latest metrics; None for
+    another store. The index is rebuilt after every execution, and ``search_runs`` builds each
+    run's params, metrics and tags entity by entity: 0.45 s for 700 runs here, seconds for
+    thousands. Each run comes back shaped as ``_row`` reads an MLflow ``Run`` (tested against
+    the API's answer)."""
+    from types import SimpleNamespace
+
+    from workbench.core import mlflow_compat
+
+    if not client.tracking_uri.startswith("sqlite:"):
+        return None
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        backing = mlflow_compat.tracking_store(client.tracking_uri)
+    except ImportError:  # MLflow moved its store cache: the API reads the same runs
+        return None
+    if not isinstance(backing, SqlAlchemyStore):
+        return None
+    if not experiment_ids:
+        return []
+    ids = ", ".join(str(int(e)) for e in experiment_ids)
+    where = (
+        f"r.experiment_id IN ({ids}) AND r.lifecycle_stage = 'active' AND r.run_uuid IN "
+        "(SELECT run_uuid FROM tags WHERE key = ? AND value = 'papermill')"
+    )
+    join = f"JOIN runs r ON r.run_uuid = t.run_uuid WHERE {where}"
+    with backing.ManagedSessionMaker() as session:
+        con = session.connection().connection.driver_connection  # the sqlite3 connection
+        found = con.execute(
+            f"SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time "
+            f"FROM runs r WHERE {where}",
+            (names.TAG_RUNNER,),
+        ).fetchall()
+        tags = con.execute(
+            f"SELECT t.run_uuid, t.key, t.value FROM tags t {join}", (names.TAG_RUNNER,)
+        )
+        metrics = con.execute(
+            f"SELECT t.run_uuid, t.key, t.value, t.is_nan FROM latest_metrics t {join}",
+            (names.TAG_RUNNER,),
+        )
+        runs = {
+            run_id: SimpleNamespace(
+                info=SimpleNamespace(
+                    run_id=run_id,
+                    experiment_id=str(exp),
+                    status=status,
+                    start_time=start,
+                    end_time=end,
+                ),
+                data=SimpleNamespace(tags={}, metrics={}),
+            )
+            for run_id, exp, status, start, end in found
+        }
+        for run_id, key, value in tags:
+            runs[run_id].data.tags[key] = value
+        for run_id, key, value, is_nan in metrics:
+            runs[run_id].data.metrics[key] = float("nan") if is_nan else value
+    return list(runs.values())
 
 
 def _markdown_cell(value: Any) -> str:

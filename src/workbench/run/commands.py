@@ -258,14 +258,12 @@ def _fork_pool(jobs: int, todo: list[Job], dry_run: bool) -> Pool | None:
     """
     import gc
 
-    from workbench.run import kernels
     from workbench.run import pool as batch_pool
 
     if dry_run or jobs < 2 or len(todo) < 2:
         return None
     gc.disable()  # start-up is imports: the cyclic collector only slows them down
     try:
-        imports = kernels.batch_imports(j.notebook for j in todo)
-        return batch_pool.Pool(min(jobs, len(todo)), modules=imports)
+        return batch_pool.Pool(min(jobs, len(todo)), notebooks=[j.notebook for j in todo])
     finally:
         gc.enable()

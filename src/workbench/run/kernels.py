@@ -34,7 +34,7 @@ from typing import Any
 from workbench.core import jupyter_compat, processes
 from workbench.run import provisioner
 from workbench.run.provisioner import TemplateRefused
-from workbench.run.template import CHANNEL_ARG, KERNEL_ARG, OWNER_ENV, USUAL_ARG
+from workbench.run.template import CHANNEL_ARG, KERNEL_ARG, OWNER_ENV, USUAL_ARG, send_line
 
 # How long a fork may wait for the template's answer (its first imports included).
 FORK_TIMEOUT_S = 120.0
@@ -121,11 +121,9 @@ class Template:
         return self._pid
 
     def _send(self, message: dict) -> None:
-        data = (json.dumps(message) + "\n").encode()
         try:
-            while data:
-                data = data[os.write(self._wfd, data) :]
-        except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
+            send_line(self._wfd, message)
+        except (OSError, ValueError):  # the template is gone
             self.gone = True
 
     def _pump(self, timeout: float) -> None:

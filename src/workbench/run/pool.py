@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from workbench.core.secrets import scrub, secret_values
-from workbench.run import kernels
 from workbench.run.jobs import Job, JobResult, project_relative
 from workbench.run.workers import Pool, work
 
@@ -69,8 +68,7 @@ def run_all(
             for i, job in enumerate(jobs):
                 record(i, work(job))
         else:
-            imports = kernels.batch_imports(j.notebook for j in jobs)
-            pool = pool or Pool(min(slots, len(jobs)), modules=imports)
+            pool = pool or Pool(min(slots, len(jobs)), notebooks=[j.notebook for j in jobs])
             try:
                 for group in groups:
                     pool.run(jobs, group, record)

@@ -148,7 +148,8 @@ TEMPLATE_ENV = {
 }
 
 
-def _send(fd: int, message: dict) -> None:
+def send_line(fd: int, message: dict) -> None:
+    """Write ``message`` as one JSON line to ``fd`` (the protocol both sides speak)."""
     data = (json.dumps(message) + "\n").encode()
     while data:
         data = data[os.write(fd, data) :]
@@ -173,7 +174,7 @@ class Channel:
         if not self.open:
             return
         try:
-            _send(self.fd_out, message)
+            send_line(self.fd_out, message)
         except OSError:
             if self.owner:
                 raise BrokenPipeError("the template's owner is gone") from None

@@ -185,14 +185,15 @@ def _death(code: int | None) -> str:
 class Pool:
     """N worker processes that run groups of jobs and survive a worker's death."""
 
-    def __init__(self, workers: int, fork: bool = True, modules: list[list] | None = None):
-        """``modules``: what the jobs' notebooks import (``kernels.batch_imports``), for the
-        workers' kernel templates; None: not known, the templates import the usual ones."""
+    def __init__(self, workers: int, fork: bool = True, notebooks: Any = None):
+        """``notebooks``: the jobs' notebooks, whose imports the workers' kernel template
+        preloads (``kernels.batch_imports``); None: not known, it imports the usual ones."""
         import gc
         import multiprocessing
         import threading
 
         fork = fork and sys.platform == "linux" and threading.active_count() == 1
+        modules = None if notebooks is None else kernels.batch_imports(notebooks)
         self.template: kernels.Template | None = None
         if fork:
             # One kernel template for every worker, started first: it imports what the
